@@ -1,0 +1,281 @@
+"""The ``shop-events`` command and the ``flask shop-events`` group: a thin layer over the tracker.
+
+Every command works on a :class:`~plugin.tracker.Tracker`: built from ``--config`` (or
+``SHOP_EVENTS_CONFIG``) and the environment for ``shop-events``, taken from the app for
+``flask shop-events``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import select
+
+from plugin import outbox, pause
+from plugin.config import CONFIG_PATH_ENV, ConfigError, Settings, format_duration
+from plugin.models import Status
+from plugin.models import outbox as outbox_table
+from plugin.tracker import Tracker
+
+TrackerFactory = Callable[[], Tracker]
+WORKER_WAKE = 1.0
+
+
+def load_settings(config: str | None) -> Settings:
+    """Settings from ``--config``, else ``SHOP_EVENTS_CONFIG``, else defaults; then environment."""
+    path = config or os.environ.get(CONFIG_PATH_ENV)
+    if path:
+        return Settings.from_file(path)
+    return Settings.load(env=os.environ)
+
+
+def _tracker() -> Tracker:
+    factory = click.get_current_context().find_object(_Factory)
+    assert factory is not None
+    return factory.get()
+
+
+class _Factory:
+    """Builds the tracker on first use, so ``--help`` needs no database."""
+
+    def __init__(self, make: TrackerFactory) -> None:
+        self._make = make
+        self._tracker: Tracker | None = None
+
+    def get(self) -> Tracker:
+        if self._tracker is None:
+            try:
+                self._tracker = self._make()
+            except ConfigError as exc:
+                raise click.ClickException(f"configuration: {exc}") from None
+        return self._tracker
+
+
+@click.group()
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="TOML settings file.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
+    """shop-events: shop activity → Generate event calls of the marketing platform."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = _Factory(lambda: Tracker(load_settings(config)))
+
+
+@click.command()
+def migrate() -> None:
+    """Create or upgrade the plugin's tables."""
+    from plugin.migrate import current_revision
+
+    tracker = _tracker()
+    tracker.migrate()
+    click.echo(f"database at revision {current_revision(tracker.engine)}")
+
+
+@click.command()
+def worker() -> None:
+    """Run scan and dispatch until SIGTERM or Ctrl-C; then finish sends and release the rest."""
+    tracker = _tracker()
+    _require_migrated(tracker)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        click.echo(f"{signal.Signals(signum).name}: finishing sends in progress", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    settings = tracker.settings
+    click.echo(
+        f"worker {os.getpid()}: scan every {format_duration(settings.scheduler.scan_interval)}, "
+        f"dispatch every {format_duration(settings.scheduler.dispatch_interval)}, "
+        f"carts abandoned after {format_duration(settings.abandoned_cart.after)}",
+        err=True,
+    )
+    tracker.start()
+    while not stop.wait(WORKER_WAKE):
+        pass
+    tracker.shutdown(wait=True)
+    click.echo(f"worker {os.getpid()}: stopped", err=True)
+
+
+@click.command()
+def scan() -> None:
+    """One abandonment scan now."""
+    result = _tracker().scan()
+    click.echo(
+        f"abandoned {result.abandoned}, suppressed {result.suppressed}, queued {result.enqueued}"
+    )
+
+
+@click.command()
+def dispatch() -> None:
+    """Deliver everything due now."""
+    result = _tracker().dispatch()
+    click.echo(
+        f"sent {result.sent}, retried {result.retried}, dead {result.dead}, "
+        f"superseded {result.superseded}" + (" (delivery paused)" if result.paused else "")
+    )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Counts by status and type, oldest pending age, pause and last error."""
+    tracker = _tracker()
+    summary = tracker.summary()
+    now = tracker.clock()
+    with tracker.engine.connect() as conn:
+        current = pause.current(conn)
+    age = (now - summary.oldest_pending).total_seconds() if summary.oldest_pending else None
+    report: dict[str, Any] = {
+        "by_status": summary.by_status,
+        "by_type": summary.by_type,
+        "oldest_pending_age_seconds": age,
+        "paused": bool(current and current.active(now)),
+        "pause_reason": current.reason if current else None,
+        "paused_until": current.until.isoformat() if current else None,
+        "last_error": summary.last_error,
+        "api_key_set": tracker.transport.ready,
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo("events by status: " + ", ".join(f"{k} {v}" for k, v in summary.by_status.items()))
+    for event_type, counts in sorted(summary.by_type.items()):
+        click.echo(f"  {event_type}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    click.echo(
+        "oldest pending: "
+        + (format_duration(timedelta(seconds=int(age))) + " old" if age is not None else "none")
+    )
+    if current:
+        state = "paused" if current.active(now) else "probing after a pause"
+        until = current.until.isoformat(timespec="seconds")
+        click.echo(f"delivery {state} until {until}: {current.reason}")
+    else:
+        click.echo("delivery running" if tracker.transport.ready else "delivery waits: no api.key")
+    if summary.last_error:
+        click.echo(f"last error: {summary.last_error}")
+
+
+@click.command("send-test")
+@click.option("--email", required=True, help="The contact to send the test event for.")
+@click.option("--event-type", default="shop_events_test", show_default=True)
+def send_test(email: str, event_type: str) -> None:
+    """Send one real event now, to check the key and see it in the platform's event history."""
+    tracker = _tracker()
+    key = tracker.custom_event(
+        event_type,
+        key_value=email,
+        params={"email": email, "sent_at": tracker.clock().isoformat(timespec="seconds")},
+    )
+    tracker.dispatch()
+    with tracker.engine.connect() as conn:
+        row = conn.execute(
+            select(
+                outbox_table.c.status, outbox_table.c.response_status, outbox_table.c.last_error
+            ).where(outbox_table.c.dedupe_key == key)
+        ).one()
+    if row.status == Status.SENT.value:
+        click.echo(f"sent: HTTP {row.response_status}; look for '{event_type}' in Event history")
+        return
+    raise click.ClickException(f"not sent ({row.status}): {row.last_error or 'delivery is paused'}")
+
+
+@click.command()
+@click.option("--id", "ids", type=int, multiple=True, help="A dead event's id (repeatable).")
+@click.option("--type", "event_type", help="Only dead events of this type.")
+@click.option("--since", type=click.DateTime(), help="Created at or after (UTC).")
+@click.option("--until", type=click.DateTime(), help="Created before (UTC).")
+def replay(
+    ids: tuple[int, ...], event_type: str | None, since: datetime | None, until: datetime | None
+) -> None:
+    """Requeue dead events (all of them, or those selected)."""
+    from datetime import UTC
+
+    tracker = _tracker()
+    with tracker.engine.begin() as conn:
+        count = outbox.replay(
+            conn,
+            tracker.clock(),
+            ids=ids,
+            event_type_key=event_type,
+            since=since.replace(tzinfo=UTC) if since else None,
+            until=until.replace(tzinfo=UTC) if until else None,
+        )
+    click.echo(f"requeued {count} dead events")
+
+
+@click.command()
+def resume() -> None:
+    """Lift a delivery pause now (after fixing the API key)."""
+    tracker = _tracker()
+    with tracker.engine.begin() as conn:
+        lifted = pause.resume(conn)
+    click.echo("delivery resumed" if lifted else "delivery was not paused")
+
+
+@click.command()
+@click.option("--simulate", type=int, default=None, help="Run N scripted shoppers instead.")
+@click.option("--port", type=int, default=5000, show_default=True, help="The shop's port.")
+@click.option("--receiver-port", type=int, default=5001, show_default=True)
+def demo(simulate: int | None, port: int, receiver_port: int) -> None:
+    """A demo shop and a local event receiver (or a simulation of N shoppers)."""
+    if simulate is not None:
+        from plugin.demo.simulate import simulate as run_simulation
+
+        run_simulation(simulate)
+        return
+    from plugin.demo.run import run_demo
+
+    run_demo(shop_port=port, receiver_port=receiver_port)
+
+
+def _require_migrated(tracker: Tracker) -> None:
+    from plugin.migrate import current_revision, head_revision
+
+    current, head = current_revision(tracker.engine), head_revision()
+    if current != head:
+        raise click.ClickException(
+            f"the database is at revision {current or 'none'}, this plugin needs {head}: "
+            "run `shop-events migrate` first"
+        )
+
+
+COMMANDS = (migrate, worker, scan, dispatch, status, send_test, replay, resume, demo)
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+
+@click.group("shop-events", cls=AppGroup)
+@click.pass_context
+@with_appcontext
+def flask_group(ctx: click.Context) -> None:
+    """shop-events commands for the app's tracker (registered by ShopEvents(app))."""
+    from flask import current_app
+
+    from plugin.flask_ext import tracker_for
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    ctx.obj = _Factory(lambda: tracker_for(app))
+
+
+for _command in COMMANDS:
+    if _command is not demo:
+        flask_group.add_command(_command)
+
+
+def main() -> None:
+    """Entry point of the ``shop-events`` console script."""
+    cli(prog_name="shop-events")

@@ -1,0 +1,139 @@
+"""The plugin's own tables (prefix ``shop_events_``) on their own ``MetaData``.
+
+Each index serves one query: ``ix_shop_events_carts_due`` the abandonment scan,
+``ix_shop_events_outbox_due`` and ``ix_shop_events_outbox_lease`` the dispatcher's claim,
+``ix_shop_events_outbox_subject`` superseding a cart's queued events.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC on every engine (so SQLite compares text correctly); read back aware."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the plugin works in aware UTC only")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+class CartState(StrEnum):
+    """Where a cart stands; only ``active`` carts are scanned."""
+
+    ACTIVE = "active"
+    ABANDONED = "abandoned"
+    CONVERTED = "converted"
+    CLEARED = "cleared"
+    SUPPRESSED = "suppressed"
+    """Came due but nothing was emitted (no contact, or the contact's cap); see ``skip_reason``."""
+
+
+class Status(StrEnum):
+    """Where an outbox row stands."""
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    SENT = "sent"
+    DEAD = "dead"
+    SUPERSEDED = "superseded"
+
+
+carts = Table(
+    "shop_events_carts",
+    metadata,
+    Column("cart_id", String(255), primary_key=True),
+    Column("email", String(254), nullable=True),
+    Column("items", Text, nullable=False),
+    Column("currency", String(3), nullable=True),
+    Column("restore_url", String(2048), nullable=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("skip_reason", String(32), nullable=True),
+    Column("last_activity_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_shop_events_carts_due", "state", "last_activity_at"),
+    Index("ix_shop_events_carts_email", "email"),
+)
+
+outbox = Table(
+    "shop_events_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(400), nullable=False, unique=True),
+    Column("event_type_key", String(100), nullable=False),
+    Column("key_value", String(300), nullable=False),
+    Column("api_path", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("subject_type", String(32), nullable=True),
+    Column("subject_id", String(255), nullable=True),
+    Column("subject_version", Integer, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_token", String(36), nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("response_status", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Index("ix_shop_events_outbox_due", "status", "next_attempt_at"),
+    Index("ix_shop_events_outbox_lease", "status", "lease_expires_at"),
+    Index("ix_shop_events_outbox_subject", "subject_type", "subject_id"),
+    Index("ix_shop_events_outbox_created", "status", "created_at"),
+)
+
+caps = Table(
+    "shop_events_caps",
+    metadata,
+    Column("flow", String(100), primary_key=True),
+    Column("contact", String(300), primary_key=True),
+    Column("last_at", UTCDateTime, nullable=False),
+)
+"""When each contact was last sent each marketing flow: the frequency cap's memory."""
+
+runtime_state = Table(
+    "shop_events_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=True),
+    Column("until", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+"""Shared flags of all processes, e.g. ``delivery_paused`` after a 401."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: a real receiver on 127.0.0.1, settings pointing at it, a migrated tracker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugin import Settings, Tracker
+from plugin.demo.receiver import Receiver
+
+API_KEY = "test-key-5f2b"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """The platform's endpoints on a free loopback port, expecting :data:`API_KEY`."""
+    with Receiver(api_key=API_KEY) as running:
+        yield running
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, receiver: Receiver) -> SettingsFactory:
+    """Settings on a SQLite file in ``tmp_path`` sending to ``receiver``; sections override."""
+
+    def make(**sections: dict[str, Any]) -> Settings:
+        data: dict[str, dict[str, Any]] = {
+            "api": {"base_url": receiver.base_url, "key": API_KEY},
+            "database": {"url": f"sqlite:///{tmp_path / 'shop_events.db'}"},
+            "scheduler": {"enabled": False},
+            "delivery": {"threads": 2},
+        }
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        return Settings.load(data)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    """Default test settings."""
+    return make_settings()
+
+
+@pytest.fixture
+def tracker(settings: Settings) -> Iterator[Tracker]:
+    """A migrated tracker on :func:`settings`."""
+    made = Tracker(settings)
+    made.migrate()
+    yield made
+    made.shutdown()
+    made.engine.dispose()
