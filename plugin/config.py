@@ -351,10 +351,11 @@ def _check(section: Any, path: str) -> None:
     """Rules that involve one section's values; each error names its key."""
     if isinstance(section, ApiSettings):
         parts = urlsplit(section.base_url)
+        authority = section.base_url.split("://", 1)[-1].split("/", 1)[0]
+        if "@" in authority:  # checked first: the URL is echoed below
+            raise ConfigError(f"{path}base_url: must not hold credentials; set {path}key instead")
         if parts.scheme not in {"http", "https"} or not parts.netloc:
             raise ConfigError(f"{path}base_url: must be an http(s) URL, got {section.base_url!r}")
-        if "@" in parts.netloc:
-            raise ConfigError(f"{path}base_url: must not hold credentials; set {path}key instead")
         if section.rate_limit <= 0:
             raise ConfigError(f"{path}rate_limit: must be greater than 0 requests per second")
         if section.max_event_bytes < 1024:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import CTE, Connection, Engine, Select, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -90,6 +90,16 @@ def transaction(engine: Engine, bind: Bind = None) -> Iterator[Connection]:
         raise TypeError(
             f"session/connection must be a SQLAlchemy Session or Connection, got {bind!r}"
         )
+
+
+def locked_batch(query: Select[Any]) -> CTE:
+    """The rows of ``query`` locked for this transaction, skipping rows others hold (a CTE).
+
+    Joined into an ``UPDATE … FROM``, the batch is computed once: PostgreSQL may re-run a
+    ``LIMIT`` subquery inside ``WHERE id IN (…)`` and so claim more rows than the limit.
+    SQLite ignores the lock clause; its write lock serialises the whole statement instead.
+    """
+    return query.with_for_update(skip_locked=True).cte("batch")
 
 
 def upsert(conn: Connection, table: Table) -> sqlite.Insert:

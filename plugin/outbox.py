@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, func, select, update
 
 from plugin.config import DeliverySettings
-from plugin.db import upsert
+from plugin.db import locked_batch, upsert
 from plugin.models import Status, outbox
 
 
@@ -65,11 +65,12 @@ def enqueue(conn: Connection, events: Sequence[NewEvent], now: datetime) -> int:
         }
         for e in events
     ]
-    stmt = upsert(conn, outbox).on_conflict_do_nothing(index_elements=[outbox.c.dedupe_key])
-    inserted = 0
-    for row in rows:
-        inserted += conn.execute(stmt, row).rowcount
-    return inserted
+    stmt = (
+        upsert(conn, outbox)
+        .on_conflict_do_nothing(index_elements=[outbox.c.dedupe_key])
+        .returning(outbox.c.id)
+    )
+    return len(conn.execute(stmt, rows).all())
 
 
 _CLAIMED_COLUMNS = (
@@ -90,7 +91,7 @@ _CLAIMED_COLUMNS = (
 def claim(conn: Connection, now: datetime, lease: timedelta, limit: int) -> list[Claimed]:
     """Lease up to ``limit`` due rows: expired leases of crashed workers first, then pending.
 
-    One ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` per kind: on
+    One ``WITH due AS (SELECT … FOR UPDATE SKIP LOCKED) UPDATE … RETURNING`` per kind: on
     PostgreSQL concurrent claimers skip each other's rows; on SQLite the write lock serialises
     them and the repeated condition keeps the claim conditional.
     """
@@ -113,17 +114,10 @@ def _claim_where(
     limit: int,
 ) -> list[Claimed]:
     token = str(uuid.uuid4())
-    candidates = (
-        select(outbox.c.id)
-        .where(condition)
-        .order_by(order)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
+    candidates = locked_batch(select(outbox.c.id).where(condition).order_by(order).limit(limit))
     stmt = (
         update(outbox)
-        .where(outbox.c.id.in_(candidates), condition)
+        .where(outbox.c.id == candidates.c.id, condition)
         .values(status=Status.IN_FLIGHT.value, lease_token=token, lease_expires_at=now + lease)
         .returning(*_CLAIMED_COLUMNS)
     )

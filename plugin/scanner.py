@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, Row, and_, select, update
 from plugin import caps
 from plugin.clock import Clock, utcnow
 from plugin.config import Settings
+from plugin.db import locked_batch
 from plugin.events import build_items_event
 from plugin.items import items_total
 from plugin.models import CartState, carts
@@ -72,17 +73,15 @@ class Scanner:
             carts.c.state == CartState.ACTIVE.value,
             carts.c.last_activity_at <= now - flow.after,
         )
-        batch = (
+        batch = locked_batch(
             select(carts.c.cart_id)
             .where(due)
             .order_by(carts.c.last_activity_at)
             .limit(flow.scan_batch)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
         rows = conn.execute(
             update(carts)
-            .where(carts.c.cart_id.in_(batch), due)
+            .where(carts.c.cart_id == batch.c.cart_id, due)
             .values(state=CartState.ABANDONED.value)
             .returning(*carts.c)
         ).all()

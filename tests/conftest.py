@@ -10,6 +10,7 @@ import pytest
 
 from plugin import Settings, Tracker
 from plugin.demo.receiver import Receiver
+from tests import postgres
 
 API_KEY = "test-key-5f2b"
 
@@ -24,14 +25,30 @@ def receiver() -> Iterator[Receiver]:
 SettingsFactory = Callable[..., Settings]
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster for the whole run (skips locally if not installed)."""
+    postgres.require()
+    with postgres.cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that stores anything runs on the SQLite default and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shop_events.db'}"
+    return postgres.new_database(request.getfixturevalue("pg_server"))
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, receiver: Receiver) -> SettingsFactory:
+def make_settings(database_url: str, receiver: Receiver) -> SettingsFactory:
     """Settings on a SQLite file in ``tmp_path`` sending to ``receiver``; sections override."""
 
     def make(**sections: dict[str, Any]) -> Settings:
         data: dict[str, dict[str, Any]] = {
             "api": {"base_url": receiver.base_url, "key": API_KEY},
-            "database": {"url": f"sqlite:///{tmp_path / 'shop_events.db'}"},
+            "database": {"url": database_url},
             "scheduler": {"enabled": False},
             "delivery": {"threads": 2},
         }

@@ -28,10 +28,22 @@ SEED = Path(__file__).parent / "data" / "seed_generate_event.txt"
 SEED_URL = "https://www.cultbeauty.co.uk/olaplex-no-4-bond-maintenance-shampoo.html"
 SEED_IMAGE = "https://site.com/uploads/product/big/20161122/20161122_7zvb.jpg"
 SEED_ITEMS = [
-    Item(name="Hair styler", price="341", url=SEED_URL, imageurl=SEED_IMAGE,
-         brand="Le Petit Olivier", tags={"weight": "200", "oldprice": "467"}),
-    Item(name="Magnolia Nobile", price=2341, url=SEED_URL, imageurl=SEED_IMAGE,
-         brand="Acqua Di Parma", tags={"weight": 100, "oldprice": "4467"}),
+    Item(
+        name="Hair styler",
+        price="341",
+        url=SEED_URL,
+        imageurl=SEED_IMAGE,
+        brand="Le Petit Olivier",
+        tags={"weight": "200", "oldprice": "467"},
+    ),
+    Item(
+        name="Magnolia Nobile",
+        price=2341,
+        url=SEED_URL,
+        imageurl=SEED_IMAGE,
+        brand="Acqua Di Parma",
+        tags={"weight": 100, "oldprice": "4467"},
+    ),
 ]
 
 
@@ -50,8 +62,13 @@ def seed_items_string() -> str:
 
 
 def abandon(tracker: Tracker, cart_id: str = "cart-42", email: str = "site@en.net") -> None:
-    tracker.cart_updated(cart_id, email=email, items=SEED_ITEMS, currency="EUR",
-                         restore_url="https://shop.example/cart/42")
+    tracker.cart_updated(
+        cart_id,
+        email=email,
+        items=SEED_ITEMS,
+        currency="EUR",
+        restore_url="https://shop.example/cart/42",
+    )
 
 
 def rows(tracker: Tracker) -> list[Any]:
@@ -89,8 +106,12 @@ def test_idle_cart_is_sent_once_after_the_timeout_in_the_seeds_format(
     assert params[1]["value"] == seed_items_string()  # byte for byte, as the seed prints it
     assert json.loads(params[1]["value"]) == json.loads(seed_items_string())
     extras = {p["name"]: p["value"] for p in params[2:]}
-    assert extras == {"cart_id": "cart-42", "total": "2682", "currency": "EUR",
-                      "cart_url": "https://shop.example/cart/42"}
+    assert extras == {
+        "cart_id": "cart-42",
+        "total": "2682",
+        "currency": "EUR",
+        "cart_url": "https://shop.example/cart/42",
+    }
     [row] = rows(tracker)
     assert (row.status, row.attempts, row.response_status) == ("sent", 1, 200)
     assert row.body.encode() == request.raw
@@ -247,9 +268,14 @@ def test_cart_changed_after_its_reminder_is_a_new_version(
     clock.tick(timedelta(hours=1))
     assert tracker.scan().abandoned == 1
     tracker.dispatch()
-    assert [len(json.loads(Receiver.params(e)["items"])["array"]) for e in receiver.events] == [2, 1]
+    assert [len(json.loads(Receiver.params(e)["items"])["array"]) for e in receiver.events] == [
+        2,
+        1,
+    ]
     assert {r.dedupe_key for r in rows(tracker)} == {
-        "abandoned_cart:cart-42:1", "abandoned_cart:cart-42:2"}
+        "abandoned_cart:cart-42:1",
+        "abandoned_cart:cart-42:2",
+    }
 
 
 def test_change_after_enqueue_supersedes_the_stale_reminder(
@@ -309,8 +335,10 @@ def test_cleared_cart_and_cart_without_email_send_nothing(
 def test_a_huge_cart_is_cut_to_fit_and_says_how_many_were_dropped(
     tracker: Tracker, receiver: Receiver, clock: FrozenDateTimeFactory
 ) -> None:
-    items = [Item(name=f"Product {i} " + "x" * 150, price=i, url=f"https://shop.example/p/{i}")
-             for i in range(200)]
+    items = [
+        Item(name=f"Product {i} " + "x" * 150, price=i, url=f"https://shop.example/p/{i}")
+        for i in range(200)
+    ]
     tracker.cart_updated("big", email="big@en.net", items=items)
     clock.tick(timedelta(hours=1))
     tracker.scan()
