@@ -67,9 +67,9 @@ class _Factory:
 def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
     """shop-events: shop activity → Generate event calls of the marketing platform."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("plugin").setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = _Factory(lambda: Tracker(load_settings(config)))
 
 

@@ -67,6 +67,7 @@ class Scheduler:
                     "interval",
                     seconds=interval.total_seconds(),
                     id=f"shop-events-{name}",
+                    name=f"shop-events {name}",
                     max_instances=1,
                     coalesce=True,
                     next_run_time=datetime.now(UTC),
