@@ -149,21 +149,126 @@ class DeliverySettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class AbandonedCartSettings:
-    """``[abandoned_cart]``: when an idle cart becomes an ``abandoned_cart`` event."""
+class FlowSettings:
+    """What the abandonment flows share: when, which event, how often per contact."""
 
     enabled: bool = True
     after: timedelta = timedelta(hours=1)
-    event_type_key: str = "abandoned_cart"
+    event_type_key: str = ""
     contact_interval: timedelta = timedelta(hours=24)
     scan_batch: int = 500
+    marketing: bool = True
+    """Marketing flows skip contacts who opted out; transactional ones do not."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AbandonedCartSettings(FlowSettings):
+    """``[abandoned_cart]``: when an idle cart becomes an ``abandoned_cart`` event."""
+
+    event_type_key: str = "abandoned_cart"
+
+
+@dataclasses.dataclass(frozen=True)
+class AbandonedBrowseSettings(FlowSettings):
+    """``[abandoned_browse]``: products viewed, then neither carted nor ordered."""
+
+    event_type_key: str = "abandoned_browse"
+    max_items: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class UnfinishedRegistrationSettings(FlowSettings):
+    """``[unfinished_registration]``: a sign-up started and not completed."""
+
+    after: timedelta = timedelta(hours=24)
+    event_type_key: str = "unfinished_registration"
+
+
+def _default_status_events() -> dict[str, str]:
+    return {"DELIVERED": "orderDelivered", "CANCELLED": "orderCancelled"}
 
 
 @dataclasses.dataclass(frozen=True)
 class OrdersSettings:
-    """``[orders]``: the event an order raises."""
+    """``[orders]``: the events an order raises, and the optional Orders API."""
 
     event_type_key: str = "orderCreated"
+    updated_event_type_key: str = "orderUpdated"
+    status_events: dict[str, str] = dataclasses.field(default_factory=_default_status_events)
+    """Order status → event type key; other statuses raise ``updated_event_type_key``."""
+    api: bool = False
+    """Also send orders to the Orders API (``{base_url}/v1/orders``), batched."""
+    api_batch: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class EventsSettings:
+    """``[events]``: keys of the immediate events (transactional: sent even after opt-out)."""
+
+    login: str = "login"
+    password_change: str = "password_change"
+    password_reset: str = "password_reset"
+    create_contact: str = "create_contact"
+    update_contact: str = "update_contact"
+
+
+@dataclasses.dataclass(frozen=True)
+class ContactsSettings:
+    """``[contacts]``: the checks on contact data, which the platform drops silently if wrong."""
+
+    name_max: int = 40
+    default_region: str = ""
+    """Region for phone numbers written without ``+`` (e.g. ``"UA"``); empty: ``+`` required."""
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Additional contact field id → ``date``, ``number``, ``text`` or ``bool``."""
+
+
+DEFAULT_BOT_AGENTS = (
+    "bot",
+    "spider",
+    "crawl",
+    "slurp",
+    "headless",
+    "phantomjs",
+    "selenium",
+    "puppeteer",
+    "playwright",
+    "lighthouse",
+    "pagespeed",
+    "python-requests",
+    "curl/",
+    "wget/",
+    "facebookexternalhit",
+    "mediapartners-google",
+    "adsbot",
+    "google-inspectiontool",
+    "storebot-google",
+    "bingpreview",
+    "yandex",
+    "baiduspider",
+    "semrush",
+    "ahrefs",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BotsSettings:
+    """``[bots]``: traffic that creates nothing."""
+
+    enabled: bool = True
+    user_agents: tuple[str, ...] = DEFAULT_BOT_AGENTS
+    """Case-insensitive substrings of a User-Agent that mark a bot."""
+    emails: tuple[str, ...] = ()
+    """Glob patterns of addresses that crawlers and test orders use (``*@merchant-test.*``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetentionSettings:
+    """``[retention]``: how long finished activity and sent events are kept."""
+
+    days: int = 30
+    interval: timedelta = timedelta(hours=1)
+    batch: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +296,13 @@ class Settings:
     scheduler: SchedulerSettings = SchedulerSettings()
     delivery: DeliverySettings = DeliverySettings()
     abandoned_cart: AbandonedCartSettings = AbandonedCartSettings()
-    orders: OrdersSettings = OrdersSettings()
+    abandoned_browse: AbandonedBrowseSettings = AbandonedBrowseSettings()
+    unfinished_registration: UnfinishedRegistrationSettings = UnfinishedRegistrationSettings()
+    orders: OrdersSettings = dataclasses.field(default_factory=OrdersSettings)
+    events: EventsSettings = EventsSettings()
+    contacts: ContactsSettings = dataclasses.field(default_factory=ContactsSettings)
+    bots: BotsSettings = BotsSettings()
+    retention: RetentionSettings = RetentionSettings()
     items: ItemsSettings = ItemsSettings()
 
     @classmethod
@@ -305,6 +416,16 @@ def _build(cls: type[Any], data: Mapping[str, Any], path: str) -> Any:
 
 
 def _coerce(hint: Any, raw: Any) -> Any:
+    if get_origin(hint) is dict:
+        if not isinstance(raw, Mapping):
+            raise ValueError("must be a table of names to text, like [section.name]")
+        return {str(k): _coerce(str, v) for k, v in raw.items()}
+    if get_origin(hint) is tuple:
+        if isinstance(raw, str):  # from the environment: comma-separated
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+        if not isinstance(raw, list | tuple):
+            raise ValueError("must be a list of strings")
+        return tuple(_coerce(str, v) for v in raw)
     if hint is timedelta:
         return parse_duration(raw)
     if hint is Secret:
@@ -371,11 +492,8 @@ def _check(section: Any, path: str) -> None:
         for name in ("scan_interval", "dispatch_interval"):
             if getattr(section, name) <= timedelta(0):
                 raise ConfigError(f"{path}{name}: must be longer than 0s")
-    elif isinstance(section, AbandonedCartSettings | OrdersSettings):
-        try:
-            check_event_type_key(section.event_type_key)
-        except ValidationError as exc:
-            raise ConfigError(f"{path}event_type_key: {exc.rule}") from None
+    elif isinstance(section, ContactsSettings):
+        _check_contacts(section, path)
     elif isinstance(section, Settings):
         request_time = section.api.timeout + section.api.connect_timeout
         if section.delivery.lease <= request_time * 2:
@@ -383,3 +501,44 @@ def _check(section: Any, path: str) -> None:
                 "delivery.lease: must be longer than twice api.timeout + api.connect_timeout "
                 f"({format_duration(request_time * 2)}), or a slow send loses its lease"
             )
+    for name, value in _event_type_keys(section).items():
+        try:
+            check_event_type_key(value)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}{name}: {exc.rule}") from None
+
+
+def _event_type_keys(section: Any) -> dict[str, str]:
+    """The event type keys a section names, by setting name."""
+    if isinstance(section, FlowSettings):
+        return {"event_type_key": section.event_type_key}
+    if isinstance(section, OrdersSettings):
+        return {
+            "event_type_key": section.event_type_key,
+            "updated_event_type_key": section.updated_event_type_key,
+            **{f"status_events.{k}": v for k, v in section.status_events.items()},
+        }
+    if isinstance(section, EventsSettings):
+        return dataclasses.asdict(section)
+    return {}
+
+
+FIELD_TYPES = ("date", "number", "text", "bool")
+
+
+def _check_contacts(section: ContactsSettings, path: str) -> None:
+    import phonenumbers
+
+    if section.default_region and section.default_region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(
+            f"{path}default_region: {section.default_region!r} is not a region code such as 'UA'"
+        )
+    for field_id, kind in section.fields.items():
+        if not field_id.isdigit():
+            raise ConfigError(f"{path}fields.{field_id}: a field id is a number, like 10001")
+        if kind not in FIELD_TYPES:
+            raise ConfigError(
+                f"{path}fields.{field_id}: {kind!r} is not one of {', '.join(FIELD_TYPES)}"
+            )
+    if section.name_max < 1:
+        raise ConfigError(f"{path}name_max: must be at least 1")

@@ -8,20 +8,25 @@ delivery. On shutdown, sends in progress finish and rows not yet sent are releas
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, text
 
 from plugin import caps, outbox, pause
 from plugin.clock import Clock, utcnow
 from plugin.config import Settings
-from plugin.models import CartState, Status, carts
+from plugin.flows import unwanted
+from plugin.models import Status
 from plugin.transport import Outcome, Result, Transport
+from plugin.validation import encode_body
 
 log = logging.getLogger(__name__)
+
+ORDERS_API_PATH = "v1/orders"
 
 MAX_BATCHES_PER_DRAIN = 50
 
@@ -91,17 +96,27 @@ class Dispatcher:
             return result
         lock = threading.Lock()
 
-        def deliver(row: outbox.Claimed) -> None:
-            outcome = self._deliver(row)
+        def deliver(job: list[outbox.Claimed]) -> None:
+            outcomes = self._deliver(job)
             with lock:
-                setattr(result, outcome, getattr(result, outcome) + 1)
+                for outcome in outcomes:
+                    setattr(result, outcome, getattr(result, outcome) + 1)
 
-        if len(claimed) == 1 or delivery.threads == 1:
-            for row in claimed:
-                deliver(row)
+        jobs = self._jobs(claimed)
+        if len(jobs) == 1 or delivery.threads == 1:
+            for job in jobs:
+                deliver(job)
         else:
-            list(self._executor().map(deliver, claimed))
+            list(self._executor().map(deliver, jobs))
         return result
+
+    def _jobs(self, claimed: list[outbox.Claimed]) -> list[list[outbox.Claimed]]:
+        """One request per event; Orders API rows go together, up to ``orders.api_batch``."""
+        orders = [row for row in claimed if row.api_path == ORDERS_API_PATH]
+        size = self._settings.orders.api_batch
+        return [[row] for row in claimed if row.api_path != ORDERS_API_PATH] + [
+            orders[i : i + size] for i in range(0, len(orders), size)
+        ]
 
     def drain(self) -> DispatchResult:
         """Dispatch until nothing is due, delivery pauses or the loop's bound is reached."""
@@ -134,43 +149,42 @@ class Dispatcher:
             self._pool = None
         self._transport.close()
 
-    def _deliver(self, row: outbox.Claimed) -> str:
-        """Send one claimed row and settle it; returns the name of the counter to bump."""
+    def _deliver(self, job: list[outbox.Claimed]) -> list[str]:
+        """Send claimed rows as one request and settle each; returns the counters to bump."""
+        outcomes: list[str] = []
+        wanted: list[outbox.Claimed] = []
         with self._engine.begin() as conn:
-            if self.stopping.is_set() or self._paused(conn):
-                outbox.release(conn, row, self._clock())
-                return "released"
-            reason = self._unwanted(conn, row)
-            if reason:
-                if outbox.settle(conn, row, Status.SUPERSEDED, last_error=reason):
+            for row in job:
+                if self.stopping.is_set() or self._paused(conn):
+                    outbox.release(conn, row, self._clock())
+                    outcomes.append("released")
+                    continue
+                reason = unwanted(
+                    conn,
+                    self._settings,
+                    row.subject_type,
+                    row.subject_id,
+                    row.subject_version,
+                    row.key_value,
+                )
+                if not reason:
+                    wanted.append(row)
+                elif outbox.settle(conn, row, Status.SUPERSEDED, last_error=reason):
                     caps.give_back(conn, row.event_type_key, row.key_value, row.created_at)
                     log.info("event %d (%s) superseded: %s", row.id, row.event_type_key, reason)
-                    return "superseded"
-                return "lost_lease"
-        sent = self._transport.send(row.api_path, row.body.encode("utf-8"), self.stopping)
+                    outcomes.append("superseded")
+                else:
+                    outcomes.append("lost_lease")
+        if not wanted:
+            return outcomes
+        sent = self._transport.send(wanted[0].api_path, _request_body(wanted), self.stopping)
         with self._engine.begin() as conn:
-            return self._settle(conn, row, sent)
+            outcomes += [self._settle(conn, row, sent) for row in wanted]
+        return outcomes
 
     def _paused(self, conn: Connection) -> bool:
         current = pause.current(conn)
         return current is not None and current.active(self._clock())
-
-    def _unwanted(self, conn: Connection, row: outbox.Claimed) -> str:
-        """Why a queued event must not go out any more, or '' when it still should."""
-        if row.subject_type != "cart":
-            return ""
-        cart = conn.execute(
-            select(carts.c.state, carts.c.version).where(carts.c.cart_id == row.subject_id)
-        ).first()
-        if cart is None:
-            return "cart no longer exists"
-        if cart.state == CartState.CONVERTED.value:
-            return "the shopper placed an order"
-        if cart.state == CartState.CLEARED.value:
-            return "the cart was emptied"
-        if cart.version != row.subject_version:
-            return f"the cart changed (version {row.subject_version} → {cart.version})"
-        return ""
 
     def _settle(self, conn: Connection, row: outbox.Claimed, sent: Result) -> str:
         now = self._clock()
@@ -190,6 +204,7 @@ class Dispatcher:
             return "sent" if done else "lost_lease"
         if sent.outcome is Outcome.AUTH:
             until = now + delivery.auth_pause
+            _one_pause_decision_at_a_time(conn)
             if pause.pause(conn, f"HTTP {sent.status}: {sent.text}"[:500], now, until):
                 log.error(
                     "delivery paused until %s: the platform answered %s (check api.key); "
@@ -234,6 +249,28 @@ class Dispatcher:
         return "retried" if done else "lost_lease"
 
 
+PAUSE_LOCK_ID = 0x5E0E0401
+"""The PostgreSQL advisory lock that orders concurrent decisions to pause delivery."""
+
+
+def _one_pause_decision_at_a_time(conn: Connection) -> None:
+    """Serialise concurrent 401s across threads and processes, so only the first logs a pause.
+
+    Without it, two transactions on PostgreSQL both see no pause before either commits and both
+    log one. SQLite's ``BEGIN IMMEDIATE`` already serialises them. Released at commit.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PAUSE_LOCK_ID})
+
+
 def _describe(sent: Result) -> str:
     status = f"HTTP {sent.status}" if sent.status is not None else "no response"
     return f"{status}: {sent.text}" if sent.text else status
+
+
+def _request_body(rows: list[outbox.Claimed]) -> bytes:
+    """The bytes to send: the event's stored body, or ``{"orders": [...]}`` for the Orders API."""
+    if rows[0].api_path == ORDERS_API_PATH:
+        return encode_body({"orders": [json.loads(row.body) for row in rows]})
+    assert len(rows) == 1
+    return rows[0].body.encode("utf-8")

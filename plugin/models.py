@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -54,12 +55,14 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class CartState(StrEnum):
-    """Where a cart stands; only ``active`` carts are scanned."""
+    """Where a cart, a browse or a registration stands; only ``active`` ones are scanned."""
 
     ACTIVE = "active"
     ABANDONED = "abandoned"
     CONVERTED = "converted"
     CLEARED = "cleared"
+    COMPLETED = "completed"
+    """A registration that was finished."""
     SUPPRESSED = "suppressed"
     """Came due but nothing was emitted (no contact, or the contact's cap); see ``skip_reason``."""
 
@@ -79,6 +82,7 @@ carts = Table(
     metadata,
     Column("cart_id", String(255), primary_key=True),
     Column("email", String(254), nullable=True),
+    Column("visitor_id", String(255), nullable=True),
     Column("items", Text, nullable=False),
     Column("currency", String(3), nullable=True),
     Column("restore_url", String(2048), nullable=True),
@@ -90,6 +94,57 @@ carts = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_shop_events_carts_due", "state", "last_activity_at"),
     Index("ix_shop_events_carts_email", "email"),
+    Index("ix_shop_events_carts_visitor", "visitor_id"),
+)
+
+browses = Table(
+    "shop_events_browses",
+    metadata,
+    Column("browse_key", String(300), primary_key=True),
+    Column("email", String(254), nullable=True),
+    Column("visitor_id", String(255), nullable=True),
+    Column("items", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("skip_reason", String(32), nullable=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("last_activity_at", UTCDateTime, nullable=False),
+    Index("ix_shop_events_browses_due", "state", "last_activity_at"),
+    Index("ix_shop_events_browses_email", "email"),
+)
+"""Products a shopper viewed; keyed ``e:<email>`` or ``v:<visitor id>`` until identified."""
+
+registrations = Table(
+    "shop_events_registrations",
+    metadata,
+    Column("email", String(254), primary_key=True),
+    Column("params", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("skip_reason", String(32), nullable=True),
+    Column("last_activity_at", UTCDateTime, nullable=False),
+    Index("ix_shop_events_registrations_due", "state", "last_activity_at"),
+)
+
+orders = Table(
+    "shop_events_orders",
+    metadata,
+    Column("order_id", String(255), primary_key=True),
+    Column("email", String(254), nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_shop_events_orders_updated", "updated_at"),
+)
+"""Orders seen, so a later status change knows its contact and products."""
+
+consent = Table(
+    "shop_events_consent",
+    metadata,
+    Column("email", String(254), primary_key=True),
+    Column("opted_out", Boolean, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 outbox = Table(

@@ -1,26 +1,24 @@
-"""Abandonment detection: idle carts become ``abandoned_cart`` outbox rows.
+"""Abandonment detection: idle carts, browses and registrations become outbox rows.
 
-One transaction per batch moves due carts from ``active`` to ``abandoned`` with a conditional
+One transaction per batch moves due rows from ``active`` to ``abandoned`` with a conditional
 ``UPDATE … RETURNING`` and inserts their outbox rows, so two scanners racing can never enqueue
-the same abandonment twice, and a cart touched meanwhile is not due any more.
+the same abandonment twice, and a row touched meanwhile is not due any more.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, Row, and_, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from plugin import caps
 from plugin.clock import Clock, utcnow
 from plugin.config import Settings
 from plugin.db import locked_batch
-from plugin.events import build_items_event
-from plugin.items import items_total
-from plugin.models import CartState, carts
+from plugin.flows import Flow, Row, due_condition, flows, opted_out
+from plugin.models import CartState
 from plugin.outbox import NewEvent, enqueue
 
 log = logging.getLogger(__name__)
@@ -30,112 +28,94 @@ MAX_BATCHES_PER_SCAN = 1000
 
 @dataclasses.dataclass
 class ScanResult:
-    """What one scan pass did."""
+    """What one scan pass did, over all flows."""
 
     abandoned: int = 0
-    """Carts that came due and got an ``abandoned_cart`` event."""
+    """Rows that came due and got their event queued."""
     suppressed: int = 0
-    """Carts that came due with no contact, or whose contact was capped."""
+    """Rows that came due with nothing to send: no contact, opted out, or capped."""
+    converted: int = 0
+    """Rows that came due but were cancelled meanwhile (e.g. a browse whose shopper carted)."""
     enqueued: int = 0
+    by_flow: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Events queued per flow (``cart``, ``browse``, ``registration``)."""
 
 
 class Scanner:
-    """Finds carts idle for ``abandoned_cart.after`` and queues their events."""
+    """Finds rows idle past their flow's ``after`` and queues their events."""
 
     def __init__(self, settings: Settings, engine: Engine, clock: Clock = utcnow) -> None:
         self._settings = settings
         self._engine = engine
         self._clock = clock
+        self._flows = [f for f in flows(settings) if f.settings.enabled]
 
     def scan(self) -> ScanResult:
-        """One pass over everything due now, in batches; bounded."""
+        """One pass over everything due now, flow by flow, in batches; bounded."""
         result = ScanResult()
-        if not self._settings.abandoned_cart.enabled:
-            return result
         now = self._clock()
-        for _ in range(MAX_BATCHES_PER_SCAN):
-            with self._engine.begin() as conn:
-                found = self._scan_batch(conn, now, result)
-            if found < self._settings.abandoned_cart.scan_batch:
-                break
-        if result.abandoned or result.suppressed:
+        for flow in self._flows:
+            for _ in range(MAX_BATCHES_PER_SCAN):
+                with self._engine.begin() as conn:
+                    found = self._scan_batch(conn, flow, now, result)
+                if found < flow.settings.scan_batch:
+                    break
+        if result.abandoned or result.suppressed or result.converted:
             log.info(
-                "scan: %d carts abandoned, %d suppressed, %d events queued",
+                "scan: %d abandoned %s, %d suppressed, %d cancelled",
                 result.abandoned,
+                result.by_flow,
                 result.suppressed,
-                result.enqueued,
+                result.converted,
             )
         return result
 
-    def _scan_batch(self, conn: Connection, now: datetime, result: ScanResult) -> int:
-        flow = self._settings.abandoned_cart
-        due = and_(
-            carts.c.state == CartState.ACTIVE.value,
-            carts.c.last_activity_at <= now - flow.after,
-        )
+    def _scan_batch(self, conn: Connection, flow: Flow, now: datetime, result: ScanResult) -> int:
+        due = due_condition(flow, now)
         batch = locked_batch(
-            select(carts.c.cart_id)
+            select(flow.key)
             .where(due)
-            .order_by(carts.c.last_activity_at)
-            .limit(flow.scan_batch)
+            .order_by(flow.table.c.last_activity_at)
+            .limit(flow.settings.scan_batch)
         )
         rows = conn.execute(
-            update(carts)
-            .where(carts.c.cart_id == batch.c.cart_id, due)
+            update(flow.table)
+            .where(flow.key == batch.c[flow.key.name], due)
             .values(state=CartState.ABANDONED.value)
-            .returning(*carts.c)
+            .returning(*flow.table.c)
         ).all()
         events: list[NewEvent] = []
         for row in rows:
-            reason = self._skip_reason(conn, row, now)
-            if reason:
-                conn.execute(
-                    update(carts)
-                    .where(carts.c.cart_id == row.cart_id)
-                    .values(state=CartState.SUPPRESSED.value, skip_reason=reason)
-                )
-                result.suppressed += 1
-            else:
-                events.append(self.cart_event(row))
+            state, reason = self._outcome(conn, flow, row, now)
+            if state is CartState.ABANDONED:
+                events.append(flow.event(row))
                 result.abandoned += 1
+                result.by_flow[flow.subject] = result.by_flow.get(flow.subject, 0) + 1
+                continue
+            conn.execute(
+                update(flow.table)
+                .where(flow.key == row._mapping[flow.key.name])
+                .values(state=state.value, skip_reason=reason)
+            )
+            if state is CartState.CONVERTED:
+                result.converted += 1
+            else:
+                result.suppressed += 1
         result.enqueued += enqueue(conn, events, now)
         return len(rows)
 
-    def _skip_reason(self, conn: Connection, row: Row[tuple[object, ...]], now: datetime) -> str:
-        flow = self._settings.abandoned_cart
-        if not row.email:
-            return "no_contact"
-        if not caps.take(conn, flow.event_type_key, row.email, now, flow.contact_interval):
-            return "capped"
-        return ""
-
-    def cart_event(self, row: Row[tuple[object, ...]]) -> NewEvent:
-        """The ``abandoned_cart`` event for a cart row at its current version."""
-        flow = self._settings.abandoned_cart
-        items = json.loads(str(row.items))
-        tail = [("cart_id", row.cart_id), ("total", items_total(items))]
-        if row.currency:
-            tail.append(("currency", row.currency))
-        if row.restore_url:
-            tail.append(("cart_url", row.restore_url))
-        body, dropped = build_items_event(
-            flow.event_type_key, str(row.email), [("email", row.email)], items, tail, self._settings
-        )
-        if dropped:
-            log.warning(
-                "cart %s: %d of %d products left out to fit the %d-byte event limit",
-                row.cart_id,
-                dropped,
-                len(items),
-                self._settings.api.max_event_bytes,
-            )
-        return NewEvent(
-            dedupe_key=f"{flow.event_type_key}:{row.cart_id}:{row.version}",
-            event_type_key=flow.event_type_key,
-            key_value=str(row.email),
-            api_path=self._settings.api.event_path,
-            body=body,
-            subject_type="cart",
-            subject_id=str(row.cart_id),
-            subject_version=int(str(row.version)),
-        )
+    def _outcome(
+        self, conn: Connection, flow: Flow, row: Row, now: datetime
+    ) -> tuple[CartState, str]:
+        """What becomes of a due row: abandoned (emit), converted or suppressed, and why."""
+        contact = flow.contact(row)
+        if not contact:
+            return CartState.SUPPRESSED, "no_contact"
+        if flow.settings.marketing and opted_out(conn, contact):
+            return CartState.SUPPRESSED, "opted_out"
+        if flow.cancelled(conn, row):
+            return CartState.CONVERTED, "cancelled"
+        settings = flow.settings
+        if not caps.take(conn, settings.event_type_key, contact, now, settings.contact_interval):
+            return CartState.SUPPRESSED, "capped"
+        return CartState.ABANDONED, ""

@@ -11,8 +11,8 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -30,11 +30,13 @@ class Scheduler:
         settings: SchedulerSettings,
         scan: Callable[[], Any],
         dispatch: Callable[[], Any],
+        more: Mapping[str, tuple[Callable[[], Any], timedelta]] | None = None,
     ) -> None:
         self._settings = settings
         self._jobs = {
             "scan": (scan, settings.scan_interval),
             "dispatch": (dispatch, settings.dispatch_interval),
+            **(more or {}),
         }
         self._scheduler: BackgroundScheduler | None = None
         self._pid = 0

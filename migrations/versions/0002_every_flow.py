@@ -1,0 +1,91 @@
+"""Browses, registrations, orders and consent; carts remember their visitor.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-26
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def _utc(name: str, nullable: bool = False) -> sa.Column[sa.DateTime]:
+    """Times are stored as naive UTC (see plugin.models.UTCDateTime)."""
+    return sa.Column(name, sa.DateTime(timezone=False), nullable=nullable)
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("shop_events_carts") as batch:
+        batch.add_column(sa.Column("visitor_id", sa.String(255), nullable=True))
+        batch.create_index("ix_shop_events_carts_visitor", ["visitor_id"])
+
+    op.create_table(
+        "shop_events_browses",
+        sa.Column("browse_key", sa.String(300), nullable=False),
+        sa.Column("email", sa.String(254), nullable=True),
+        sa.Column("visitor_id", sa.String(255), nullable=True),
+        sa.Column("items", sa.Text(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("skip_reason", sa.String(32), nullable=True),
+        _utc("started_at"),
+        _utc("last_activity_at"),
+        sa.PrimaryKeyConstraint("browse_key", name="pk_shop_events_browses"),
+    )
+    op.create_index(
+        "ix_shop_events_browses_due", "shop_events_browses", ["state", "last_activity_at"]
+    )
+    op.create_index("ix_shop_events_browses_email", "shop_events_browses", ["email"])
+
+    op.create_table(
+        "shop_events_registrations",
+        sa.Column("email", sa.String(254), nullable=False),
+        sa.Column("params", sa.Text(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("skip_reason", sa.String(32), nullable=True),
+        _utc("last_activity_at"),
+        sa.PrimaryKeyConstraint("email", name="pk_shop_events_registrations"),
+    )
+    op.create_index(
+        "ix_shop_events_registrations_due",
+        "shop_events_registrations",
+        ["state", "last_activity_at"],
+    )
+
+    op.create_table(
+        "shop_events_orders",
+        sa.Column("order_id", sa.String(255), nullable=False),
+        sa.Column("email", sa.String(254), nullable=False),
+        sa.Column("status", sa.String(64), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        _utc("created_at"),
+        _utc("updated_at"),
+        sa.PrimaryKeyConstraint("order_id", name="pk_shop_events_orders"),
+    )
+    op.create_index("ix_shop_events_orders_updated", "shop_events_orders", ["updated_at"])
+
+    op.create_table(
+        "shop_events_consent",
+        sa.Column("email", sa.String(254), nullable=False),
+        sa.Column("opted_out", sa.Boolean(), nullable=False),
+        _utc("updated_at"),
+        sa.PrimaryKeyConstraint("email", name="pk_shop_events_consent"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("shop_events_consent")
+    op.drop_table("shop_events_orders")
+    op.drop_table("shop_events_registrations")
+    op.drop_table("shop_events_browses")
+    with op.batch_alter_table("shop_events_carts") as batch:
+        batch.drop_index("ix_shop_events_carts_visitor")
+        batch.drop_column("visitor_id")

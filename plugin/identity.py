@@ -1,0 +1,100 @@
+"""Anonymous visitors and their email: views kept under a visitor id follow the shopper
+once the visitor is identified, and an anonymous cart gets its contact.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, case, delete, insert, select, update
+
+from plugin.config import Settings
+from plugin.items import CanonicalItem
+from plugin.models import CartState, browses, carts
+
+OPEN_STATES = (CartState.ACTIVE.value, CartState.ABANDONED.value, CartState.SUPPRESSED.value)
+MAX_RETRIES = 5
+
+
+def email_key(email: str) -> str:
+    """The browse key of a known contact."""
+    return f"e:{email}"
+
+
+def visitor_key(visitor_id: str) -> str:
+    """The browse key of a visitor not yet identified."""
+    return f"v:{visitor_id}"
+
+
+def item_identity(item: CanonicalItem) -> str:
+    """What makes two viewed products the same: SKU, else URL, else name."""
+    return str(item.get("sku") or item.get("url") or item["name"])
+
+
+def merge_views(
+    newer: list[CanonicalItem], older: list[CanonicalItem], limit: int
+) -> list[CanonicalItem]:
+    """Most recent first, each product once, at most ``limit``."""
+    seen: set[str] = set()
+    merged = []
+    for item in [*newer, *older]:
+        identity = item_identity(item)
+        if identity not in seen:
+            seen.add(identity)
+            merged.append(item)
+    return merged[:limit]
+
+
+def link_visitor(
+    conn: Connection, settings: Settings, visitor_id: str, email: str, now: datetime
+) -> None:
+    """Give the visitor's anonymous carts the email, and move its views to the email's browse."""
+    reachable = (carts.c.state == CartState.SUPPRESSED.value) & (
+        carts.c.skip_reason == "no_contact"
+    )
+    conn.execute(
+        update(carts)
+        .where(carts.c.visitor_id == visitor_id, carts.c.email.is_(None))
+        .values(
+            email=email,
+            state=case((reachable, CartState.ACTIVE.value), else_=carts.c.state),
+            skip_reason=case((reachable, None), else_=carts.c.skip_reason),
+        )
+    )
+    anonymous = conn.execute(
+        select(browses).where(browses.c.browse_key == visitor_key(visitor_id))
+    ).first()
+    if anonymous is None:
+        return
+    known = conn.execute(select(browses).where(browses.c.browse_key == email_key(email))).first()
+    conn.execute(delete(browses).where(browses.c.browse_key == visitor_key(visitor_id)))
+    if known is None:
+        values = dict(anonymous._mapping)
+        values.update(browse_key=email_key(email), email=email)
+        if values["state"] == CartState.SUPPRESSED.value and values["skip_reason"] == "no_contact":
+            values.update(state=CartState.ACTIVE.value, skip_reason=None)
+        conn.execute(insert(browses).values(**values))
+        return
+    limit = settings.abandoned_browse.max_items
+    newer, older = sorted((anonymous, known), key=lambda r: r.last_activity_at, reverse=True)
+    items = merge_views(json.loads(newer.items), json.loads(older.items), limit)
+    active = CartState.ACTIVE.value in (anonymous.state, known.state)
+    conn.execute(
+        update(browses)
+        .where(browses.c.browse_key == email_key(email))
+        .values(
+            items=json.dumps(items, ensure_ascii=False, separators=(",", ":")),
+            visitor_id=visitor_id,
+            last_activity_at=newer.last_activity_at,
+            started_at=min(anonymous.started_at, known.started_at),
+            **_rearmed(known, active),
+        )
+    )
+
+
+def _rearmed(known: Any, active: bool) -> dict[str, Any]:
+    if not active or known.state == CartState.ACTIVE.value:
+        return {}
+    return {"state": CartState.ACTIVE.value, "version": known.version + 1, "skip_reason": None}
