@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, case, update
 from sqlalchemy.orm import Session
 
+from plugin import caps
 from plugin.contacts import check_name, check_phone, profile_inputs
 from plugin.db import upsert
 from plugin.events import Param, build_body
@@ -227,7 +228,7 @@ class AccountHooks(Hooks):
 
         def write(conn: Connection) -> None:
             _set_consent(conn, contact, True, now)
-            conn.execute(
+            superseded = conn.execute(
                 update(outbox)
                 .where(
                     outbox.c.key_value == contact,
@@ -235,7 +236,10 @@ class AccountHooks(Hooks):
                     outbox.c.subject_type.in_(MARKETING_SUBJECTS),
                 )
                 .values(status=Status.SUPERSEDED.value, last_error="the contact opted out")
-            )
+                .returning(outbox.c.event_type_key, outbox.c.created_at)
+            ).all()
+            for row in superseded:  # never sent: it does not use up the contact's cap
+                caps.give_back(conn, row.event_type_key, contact, row.created_at)
 
         self._write("opted_out", session, connection, write)
 

@@ -12,7 +12,7 @@ from plugin.hooks import Hooks, StorageError
 from plugin.identity import MAX_RETRIES, email_key, link_visitor, merge_views, visitor_key
 from plugin.items import Item, canonical_item
 from plugin.models import CartState, browses
-from plugin.validation import ValidationError, check_email, check_host_id
+from plugin.validation import ValidationError, check_email, check_host_id, dump_json
 
 
 class BrowseHooks(Hooks):
@@ -115,4 +115,4 @@ class BrowseHooks(Hooks):
 
 
 def _dump(items: list[dict[str, object]]) -> str:
-    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+    return dump_json(items)

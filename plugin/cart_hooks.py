@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
-from sqlalchemy import Connection, case, func, or_, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    bindparam,
+    case,
+    func,
+    literal,
+    null,
+    or_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from plugin.db import upsert
 from plugin.hooks import Hooks, ItemsArg, check_currency
 from plugin.identity import link_visitor
 from plugin.items import canonical_items
-from plugin.models import CartState, carts
-from plugin.validation import check_email, check_host_id, check_url
+from plugin.models import CartState, UTCDateTime, carts
+from plugin.validation import check_email, check_host_id, check_url, dump_json
 
 EMPTY = json.dumps([])
 EMPTY_HASH = hashlib.sha256(f"{EMPTY}|".encode()).hexdigest()
@@ -52,46 +63,23 @@ class CartHooks(Hooks):
         if not checked:
             self.cart_cleared(cart_key, session=session, connection=connection)
             return
-        snapshot = json.dumps(checked, ensure_ascii=False, separators=(",", ":"))
+        snapshot = dump_json(checked)
         content_hash = hashlib.sha256(f"{snapshot}|{code or ''}".encode()).hexdigest()
         now = self.clock()
 
+        row = {
+            "cart_id": cart_key,
+            "email": contact,
+            "visitor_id": visitor,
+            "items": snapshot,
+            "currency": code,
+            "restore_url": url,
+            "content_hash": content_hash,
+            "now": now,
+        }
+
         def write(conn: Connection) -> None:
-            stmt = upsert(conn, carts).values(
-                cart_id=cart_key,
-                email=contact,
-                visitor_id=visitor,
-                items=snapshot,
-                currency=code,
-                restore_url=url,
-                content_hash=content_hash,
-                version=1,
-                state=CartState.ACTIVE.value,
-                skip_reason=None,
-                last_activity_at=now,
-                created_at=now,
-            )
-            new = stmt.excluded
-            changed = carts.c.content_hash != new.content_hash
-            newly_reachable = (carts.c.skip_reason == "no_contact") & new.email.is_not(None)
-            rearm = or_(changed, carts.c.state == CartState.ACTIVE.value, newly_reachable)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[carts.c.cart_id],
-                    set_={
-                        "email": func.coalesce(new.email, carts.c.email),
-                        "visitor_id": func.coalesce(new.visitor_id, carts.c.visitor_id),
-                        "items": new["items"],
-                        "currency": new.currency,
-                        "restore_url": func.coalesce(new.restore_url, carts.c.restore_url),
-                        "content_hash": new.content_hash,
-                        "version": case((changed, carts.c.version + 1), else_=carts.c.version),
-                        "state": case((rearm, CartState.ACTIVE.value), else_=carts.c.state),
-                        "skip_reason": case((rearm, None), else_=carts.c.skip_reason),
-                        "last_activity_at": new.last_activity_at,
-                    },
-                )
-            )
+            conn.execute(_cart_upsert(conn.dialect.name), row)
             if contact and visitor:
                 link_visitor(conn, self.settings, visitor, contact, now)
 
@@ -122,3 +110,61 @@ class CartHooks(Hooks):
             )
 
         self._write(f"cart_cleared({cart_key!r})", session, connection, write)
+
+
+@functools.cache
+def _cart_upsert(dialect: str) -> Executable:
+    """The cart upsert, built once per dialect: building it costs more than running it.
+
+    A changed cart becomes a new version and (again) ``active``; an unchanged one only records
+    the activity, so a shopper who looks at an abandoned cart does not re-arm it.
+    """
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(carts)
+    now = bindparam("now", type_=UTCDateTime)
+    # constants are written into the SQL, so each call binds only the cart's own values
+    active = literal(CartState.ACTIVE.value, literal_execute=True)
+    stmt = insert.values(
+        {
+            **{name: bindparam(name) for name in _CART_PARAMS},
+            "version": literal(1, literal_execute=True),
+            "state": active,
+            "skip_reason": null(),
+            "last_activity_at": now,
+            "created_at": now,
+        }
+    )
+    new = stmt.excluded
+    changed = carts.c.content_hash != new.content_hash
+    no_contact = literal("no_contact", literal_execute=True)
+    newly_reachable = (carts.c.skip_reason == no_contact) & new.email.is_not(None)
+    rearm = or_(changed, carts.c.state == active, newly_reachable)
+    upserted: Executable = stmt.on_conflict_do_update(
+        index_elements=[carts.c.cart_id],
+        set_={
+            "email": func.coalesce(new.email, carts.c.email),
+            "visitor_id": func.coalesce(new.visitor_id, carts.c.visitor_id),
+            "items": new["items"],
+            "currency": new.currency,
+            "restore_url": func.coalesce(new.restore_url, carts.c.restore_url),
+            "content_hash": new.content_hash,
+            "version": case(
+                (changed, carts.c.version + literal(1, literal_execute=True)),
+                else_=carts.c.version,
+            ),
+            "state": case((rearm, active), else_=carts.c.state),
+            "skip_reason": case((rearm, null()), else_=carts.c.skip_reason),
+            "last_activity_at": new.last_activity_at,
+        },
+    )
+    return upserted
+
+
+_CART_PARAMS = (
+    "cart_id",
+    "email",
+    "visitor_id",
+    "items",
+    "currency",
+    "restore_url",
+    "content_hash",
+)

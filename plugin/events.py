@@ -6,7 +6,6 @@ body fits, and the body says how many were dropped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ from plugin.validation import (
     check_event_type_key,
     check_key_value,
     check_param_names,
+    dump_json,
     encode_body,
 )
 
@@ -32,7 +32,7 @@ def encode_value(value: Any, version: Literal["v1", "v2"]) -> Any:
         return value
     if isinstance(value, dict | list):
         if version == "v1":
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            return dump_json(value)
         return value
     if value is None or isinstance(value, bool):
         raise ValidationError(

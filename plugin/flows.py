@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -127,10 +128,15 @@ def flows(settings: Settings) -> list[Flow]:
     ]
 
 
-def opted_out(conn: Connection, email: str) -> bool:
-    """Whether the contact withdrew consent to marketing."""
-    return bool(
-        conn.execute(select(consent.c.opted_out).where(consent.c.email == email.lower())).scalar()
+def opted_out(conn: Connection, emails: Iterable[str]) -> set[str]:
+    """Which of these contacts withdrew consent to marketing."""
+    wanted = {email.lower() for email in emails}
+    if not wanted:
+        return set()
+    return set(
+        conn.execute(
+            select(consent.c.email).where(consent.c.email.in_(wanted), consent.c.opted_out)
+        ).scalars()
     )
 
 
@@ -154,7 +160,7 @@ def unwanted(
     Checked right before sending: an order, a change, a completed sign-up or an opt-out since
     the event was queued supersedes it.
     """
-    if subject_type in MARKETING_SUBJECTS and opted_out(conn, key_value):
+    if subject_type in MARKETING_SUBJECTS and opted_out(conn, [key_value]):
         return "the contact opted out of marketing"
     flow = next((f for f in flows(settings) if f.subject == subject_type), None)
     if flow is None:

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, case, delete, insert, select, update
 from plugin.config import Settings
 from plugin.items import CanonicalItem
 from plugin.models import CartState, browses, carts
+from plugin.validation import dump_json
 
 OPEN_STATES = (CartState.ACTIVE.value, CartState.ABANDONED.value, CartState.SUPPRESSED.value)
 MAX_RETRIES = 5
@@ -85,7 +86,7 @@ def link_visitor(
         update(browses)
         .where(browses.c.browse_key == email_key(email))
         .values(
-            items=json.dumps(items, ensure_ascii=False, separators=(",", ":")),
+            items=dump_json(items),
             visitor_id=visitor_id,
             last_activity_at=newer.last_activity_at,
             started_at=min(anonymous.started_at, known.started_at),

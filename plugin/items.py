@@ -42,6 +42,9 @@ class Item:
     tags: Mapping[str, Decimal | int | str | float] = dataclasses.field(default_factory=dict)
 
 
+ITEM_FIELDS = tuple(f.name for f in dataclasses.fields(Item))
+
+
 def price_text(value: object, field: str) -> str:
     """A non-negative decimal number as text: ``341``, ``"23.50"``, ``Decimal("9.9")``."""
     if isinstance(value, bool) or value is None:
@@ -73,10 +76,10 @@ def _tag_text(value: object, field: str) -> str:
 def canonical_item(item: Item | Mapping[str, Any], field: str) -> CanonicalItem:
     """Check one product (an :class:`Item` or a dict with its field names)."""
     if isinstance(item, Item):
-        data: dict[str, Any] = dataclasses.asdict(item)
+        data: dict[str, Any] = vars(item)
     elif isinstance(item, Mapping):
         data = dict(item)
-        unknown = set(data) - {f.name for f in dataclasses.fields(Item)}
+        unknown = set(data) - set(ITEM_FIELDS)
         if unknown:
             raise ValidationError(
                 f"{field}.{sorted(unknown)[0]}", "is not a field of Item (use tags for extras)"
@@ -118,7 +121,54 @@ def canonical_items(items: object, field: str = "items") -> list[CanonicalItem]:
     """Check a list of products; the error names the first bad one (``items[2].price``)."""
     if isinstance(items, str | bytes) or not isinstance(items, Sequence):
         raise ValidationError(field, f"must be a list of Item, got {type(items).__name__}")
-    return [canonical_item(item, f"{field}[{i}]") for i, item in enumerate(items)]
+    out = []
+    for i, item in enumerate(items):
+        key = _memo_key(item)
+        checked = _CHECKED.get(key) if key is not None else None
+        if checked is None:
+            checked = canonical_item(item, f"{field}[{i}]")
+            if key is not None:
+                if len(_CHECKED) >= MEMO_SIZE:
+                    _CHECKED.clear()
+                _CHECKED[key] = checked
+        out.append(checked)
+    return out
+
+
+MEMO_SIZE = 10_000
+_CHECKED: dict[tuple[Any, ...], CanonicalItem] = {}
+"""Checked products by what was passed in. A shop's cart hooks pass the same catalogue items
+again and again; checking each once keeps capture cheap. Results are never mutated."""
+
+
+def _memo_key(item: object) -> tuple[Any, ...] | None:
+    """A key that tells apart every input whose checked form differs, or None (not memoized).
+
+    Values carry their type (``1`` vs ``True`` vs ``1.0``), and Decimals and floats their
+    text, since ``Decimal("23.5") == Decimal("23.50")`` and ``0.0 == -0.0`` yet each pair is
+    sent differently.
+    """
+    if type(item) is not Item or not isinstance(item.tags, dict):
+        return None
+    try:
+        key = (
+            item.name,
+            _exact(item.price),
+            item.url,
+            item.imageurl,
+            item.brand,
+            _exact(item.quantity),
+            item.sku,
+            tuple((name, _exact(value)) for name, value in item.tags.items()),
+        )
+        hash(key)
+    except TypeError:  # an unhashable value: checked, just not memoized
+        return None
+    return key
+
+
+def _exact(value: object) -> tuple[type, object]:
+    return (type(value), repr(value) if isinstance(value, Decimal | float) else value)
 
 
 def serialize_items(items: Sequence[CanonicalItem], names: ItemsSettings) -> list[dict[str, str]]:

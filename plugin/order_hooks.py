@@ -18,7 +18,13 @@ from plugin.identity import OPEN_STATES
 from plugin.items import CanonicalItem, canonical_items, items_total, price_text
 from plugin.models import CartState, browses, carts, orders
 from plugin.outbox import NewEvent, enqueue
-from plugin.validation import ValidationError, check_email, check_host_id, encode_body
+from plugin.validation import (
+    ValidationError,
+    check_email,
+    check_host_id,
+    dump_json,
+    encode_body,
+)
 
 
 class OrderHooks(Hooks):
@@ -81,7 +87,7 @@ class OrderHooks(Hooks):
                 order_id=order_key,
                 email=contact,
                 status=order_status,
-                payload=json.dumps(payload, ensure_ascii=False),
+                payload=dump_json(payload),
                 created_at=now,
                 updated_at=now,
             )

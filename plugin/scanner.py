@@ -85,8 +85,10 @@ class Scanner:
             .returning(*flow.table.c)
         ).all()
         events: list[NewEvent] = []
+        contacts = [c for c in map(flow.contact, rows) if c]
+        refused = opted_out(conn, contacts) if flow.settings.marketing else set()
         for row in rows:
-            state, reason = self._outcome(conn, flow, row, now)
+            state, reason = self._outcome(conn, flow, row, now, refused)
             if state is CartState.ABANDONED:
                 events.append(flow.event(row))
                 result.abandoned += 1
@@ -105,13 +107,13 @@ class Scanner:
         return len(rows)
 
     def _outcome(
-        self, conn: Connection, flow: Flow, row: Row, now: datetime
+        self, conn: Connection, flow: Flow, row: Row, now: datetime, refused: set[str]
     ) -> tuple[CartState, str]:
         """What becomes of a due row: abandoned (emit), converted or suppressed, and why."""
         contact = flow.contact(row)
         if not contact:
             return CartState.SUPPRESSED, "no_contact"
-        if flow.settings.marketing and opted_out(conn, contact):
+        if contact in refused:
             return CartState.SUPPRESSED, "opted_out"
         if flow.cancelled(conn, row):
             return CartState.CONVERTED, "cancelled"
