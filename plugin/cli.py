@@ -21,7 +21,13 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from plugin import outbox, pause
-from plugin.config import CONFIG_PATH_ENV, ConfigError, Settings, format_duration
+from plugin.config import (
+    CONFIG_PATH_ENV,
+    ConfigError,
+    Settings,
+    format_duration,
+    parse_duration,
+)
 from plugin.models import Status
 from plugin.models import outbox as outbox_table
 from plugin.tracker import Tracker
@@ -218,12 +224,126 @@ def replay(
 
 
 @click.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="AGE",
+    help="Delete what is older than AGE, e.g. 30d (default: retention.days).",
+)
+@click.option("--dead", is_flag=True, help="Delete dead letters too (kept by default).")
+def purge(older_than: str | None, dead: bool) -> None:
+    """Delete sent and superseded events (and finished activity) older than AGE, in batches."""
+    age = None
+    if older_than is not None:
+        try:
+            age = parse_duration(older_than)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+        if age <= timedelta(0):
+            raise click.BadParameter("must be longer than 0s", param_hint="--older-than")
+    tracker = _tracker()
+    if age is None:
+        age = timedelta(days=tracker.settings.retention.days)
+    counts = tracker.purge(older_than=age, dead_letters=dead)
+    events = counts.pop(outbox_table.name, 0)
+    kinds = "sent, superseded, dead" if dead else "sent, superseded"
+    others = ", ".join(f"{table} {count}" for table, count in counts.items() if count)
+    click.echo(
+        f"deleted {events} events ({kinds}) older than {format_duration(age)}"
+        + (f"; also {others}" if others else "")
+    )
+
+
+@click.command()
 def resume() -> None:
     """Lift a delivery pause now (after fixing the API key)."""
     tracker = _tracker()
     with tracker.engine.begin() as conn:
         lifted = pause.resume(conn)
     click.echo("delivery resumed" if lifted else "delivery was not paused")
+
+
+@click.command()
+@click.option(
+    "--template",
+    "template_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The email's Velocity template (e.g. email.vm).",
+)
+@click.option("--event", "event_id", type=int, help="The id of an event in the outbox.")
+@click.option(
+    "--event-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A Generate event body saved as JSON (instead of --event).",
+)
+@click.option(
+    "--json-param",
+    default=None,
+    help="The param the email's JSON block deserializes (default: items.param).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the rendered template here instead of to standard output.",
+)
+def preview(
+    template_path: str,
+    event_id: int | None,
+    event_file: str | None,
+    json_param: str | None,
+    output: str | None,
+) -> None:
+    """Render an email template with an event as the platform would, and report problems.
+
+    Problems (syntax errors, references that resolve to nothing or only under another case,
+    indexes past the array's end) go to standard error as FILE:LINE:COLUMN; the exit status
+    is 1 when there are any.
+    """
+    from plugin.preview import PreviewError, load_body, render
+
+    try:
+        import airspeed  # noqa: F401
+    except ImportError:  # pragma: no cover - airspeed is an extra
+        raise click.ClickException(
+            "preview needs airspeed: pip install 'shop-events[preview]'"
+        ) from None
+    if (event_id is None) == (event_file is None):
+        raise click.UsageError("give --event ID or --event-file FILE (one of them)")
+    try:
+        if event_file is not None:
+            with open(event_file, "rb") as file:
+                body = load_body(file.read())
+        else:
+            tracker = _tracker()
+            with tracker.engine.connect() as conn:
+                text = conn.execute(
+                    select(outbox_table.c.body).where(outbox_table.c.id == event_id)
+                ).scalar()
+            if text is None:
+                raise click.ClickException(f"no event {event_id} in the outbox")
+            body = load_body(text)
+    except PreviewError as exc:
+        raise click.ClickException(str(exc)) from None
+    with open(template_path, encoding="utf-8") as file:
+        template = file.read()
+    param = json_param or _tracker().settings.items.param
+    result = render(template, body, param)
+    if output is not None:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(result.output)
+    else:
+        click.echo(result.output, nl=False)
+    for problem in result.problems:
+        click.echo(
+            f"{template_path}:{problem.line}:{problem.column}: {problem.kind}: {problem.message}",
+            err=True,
+        )
+    if result.problems:
+        count = len(result.problems)
+        click.echo(f"{count} problem{'' if count == 1 else 's'} found", err=True)
+        raise SystemExit(1)
 
 
 @click.command()
@@ -253,7 +373,19 @@ def _require_migrated(tracker: Tracker) -> None:
         )
 
 
-COMMANDS = (migrate, worker, scan, dispatch, status, send_test, replay, resume, demo)
+COMMANDS = (
+    migrate,
+    worker,
+    scan,
+    dispatch,
+    status,
+    send_test,
+    replay,
+    purge,
+    resume,
+    preview,
+    demo,
+)
 for _command in COMMANDS:
     cli.add_command(_command)
 

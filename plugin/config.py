@@ -288,6 +288,33 @@ class ItemsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class WebSettings:
+    """``[web]``: browser tracking (``POST /shop-events/track``) and the operator pages (Flask)."""
+
+    track: bool = True
+    """Serve ``POST /shop-events/track`` and ``/shop-events/static/shop-events.js``."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins besides the request's own host that may post (``https://www.shop.example``)."""
+    token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    """When set, requests carrying ``X-Shop-Events-Token: <token>`` skip the origin check."""
+    max_body_bytes: int = 4096
+    rate_limit: float = 2.0
+    """Sustained requests per second per client address."""
+    rate_burst: int = 20
+    """Requests a client address may make at once before the rate limit applies."""
+    identify: bool = True
+    """Accept ``shopEvents.identify(email)`` from the browser."""
+    item_hosts: tuple[str, ...] = ()
+    """Hosts (globs) besides the shop's own that product ``url``/``imageurl`` may point at."""
+    cookie_name: str = "se_vid"
+    cookie_max_age: timedelta = timedelta(days=365)
+    admin_access: str = ""
+    """``module:function`` returning True when the current request may see the operator pages;
+    empty: the pages are off (404) unless ``ShopEvents(app, admin_access=...)`` is given."""
+    admin_page_size: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """Every setting of the plugin, one frozen object; see ``config.example.toml``."""
 
@@ -304,6 +331,7 @@ class Settings:
     bots: BotsSettings = BotsSettings()
     retention: RetentionSettings = RetentionSettings()
     items: ItemsSettings = ItemsSettings()
+    web: WebSettings = WebSettings()
 
     @classmethod
     def from_file(
@@ -494,6 +522,8 @@ def _check(section: Any, path: str) -> None:
                 raise ConfigError(f"{path}{name}: must be longer than 0s")
     elif isinstance(section, ContactsSettings):
         _check_contacts(section, path)
+    elif isinstance(section, WebSettings):
+        _check_web(section, path)
     elif isinstance(section, Settings):
         request_time = section.api.timeout + section.api.connect_timeout
         if section.delivery.lease <= request_time * 2:
@@ -542,3 +572,30 @@ def _check_contacts(section: ContactsSettings, path: str) -> None:
             )
     if section.name_max < 1:
         raise ConfigError(f"{path}name_max: must be at least 1")
+
+
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ADMIN_ACCESS = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _check_web(section: WebSettings, path: str) -> None:
+    for origin in section.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"{path}allowed_origins: {origin!r} is not an origin like 'https://shop.example'"
+            )
+    if section.max_body_bytes < 256:
+        raise ConfigError(f"{path}max_body_bytes: must be at least 256")
+    if section.rate_limit <= 0:
+        raise ConfigError(f"{path}rate_limit: must be greater than 0 requests per second")
+    if section.rate_burst < 1:
+        raise ConfigError(f"{path}rate_burst: must be at least 1")
+    if not _COOKIE_NAME.fullmatch(section.cookie_name):
+        raise ConfigError(f"{path}cookie_name: letters, digits, '_' and '-' only, at most 64")
+    if section.cookie_max_age <= timedelta(0):
+        raise ConfigError(f"{path}cookie_max_age: must be longer than 0s")
+    if section.admin_access and not _ADMIN_ACCESS.fullmatch(section.admin_access):
+        raise ConfigError(f"{path}admin_access: {section.admin_access!r} is not 'module:function'")
+    if section.admin_page_size < 1:
+        raise ConfigError(f"{path}admin_page_size: must be at least 1")

@@ -18,8 +18,10 @@ TEXT_FIELD_MAX = 2000
 
 
 def check_name(value: object, field: str, settings: ContactsSettings) -> str:
-    """A first or last name of at most ``contacts.name_max`` characters."""
-    return check_text(value, field, settings.name_max).strip()
+    """A first or last name of at most ``contacts.name_max`` characters, spaces trimmed."""
+    if isinstance(value, str):
+        value = value.strip()
+    return check_text(value, field, settings.name_max)
 
 
 def check_phone(value: object, settings: ContactsSettings, field: str = "phone") -> str:
@@ -53,7 +55,7 @@ def profile_inputs(
     for raw_id, value in fields.items():
         field_id = str(raw_id).strip()
         label = f"fields[{field_id}]"
-        if not field_id.isdigit() or isinstance(raw_id, bool):
+        if not (field_id.isascii() and field_id.isdigit()) or isinstance(raw_id, bool):
             raise ValidationError(label, "a field id is a whole number, like 10001")
         kind = settings.fields.get(field_id)
         if settings.fields and kind is None:

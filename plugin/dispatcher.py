@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Connection, Engine, text
@@ -74,6 +75,22 @@ class Dispatcher:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self._warned_no_key = False
+        self._pause_seen = False
+        """Whether this process saw a delivery pause since its last success lifted one."""
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            dispatcher = ref()
+            if dispatcher is not None:
+                dispatcher._after_fork()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _after_fork(self) -> None:
+        # A forked child must not use the parent's pooled database connections: two processes
+        # on one socket corrupt each other's sessions. close=False leaves them to the parent.
+        self._engine.dispose(close=False)
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
 
     def dispatch(self) -> DispatchResult:
         """One claim of up to ``delivery.batch_size`` rows, sent and settled."""
@@ -90,6 +107,8 @@ class Dispatcher:
                 return DispatchResult(paused=True)
             # after a pause, one row probes the key before a whole batch is tried
             limit = 1 if current is not None else delivery.batch_size
+            if current is not None:
+                self._pause_seen = True
             claimed = outbox.claim(conn, now, delivery.lease, limit)
         result = DispatchResult(claimed=len(claimed), full=len(claimed) == limit)
         if not claimed:
@@ -184,6 +203,8 @@ class Dispatcher:
 
     def _paused(self, conn: Connection) -> bool:
         current = pause.current(conn)
+        if current is not None:
+            self._pause_seen = True
         return current is not None and current.active(self._clock())
 
     def _settle(self, conn: Connection, row: outbox.Claimed, sent: Result) -> str:
@@ -191,7 +212,9 @@ class Dispatcher:
         delivery = self._settings.delivery
         attempts = row.attempts + 1
         if sent.outcome is Outcome.SENT:
-            pause.resume(conn)
+            if self._pause_seen:  # a success ends a pause; without one, skip the write
+                self._pause_seen = False
+                pause.resume(conn)
             done = outbox.settle(
                 conn,
                 row,

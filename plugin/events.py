@@ -6,6 +6,7 @@ body fits, and the body says how many were dropped.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -17,7 +18,6 @@ from plugin.validation import (
     check_event_type_key,
     check_key_value,
     check_param_names,
-    dump_json,
     encode_body,
 )
 
@@ -26,19 +26,28 @@ Param = tuple[str, Any]
 """A param as ``(name, value)``; a dict or list value is nested JSON."""
 
 
-def encode_value(value: Any, version: Literal["v1", "v2"]) -> Any:
+def encode_value(value: Any, version: Literal["v1", "v2"], field: str = "params") -> Any:
     """A param value as the API version wants it: v1 serializes nested JSON into a string."""
     if isinstance(value, str):
         return value
     if isinstance(value, dict | list):
-        if version == "v1":
-            return dump_json(value)
-        return value
+        try:
+            text = _STRICT_JSON.encode(value)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(
+                field,
+                "a nested value must be JSON: text, finite numbers, true/false/null, lists "
+                f"and objects with text keys ({exc})",
+            ) from None
+        return text if version == "v1" else value
     if value is None or isinstance(value, bool):
         raise ValidationError(
             "params", f"a param value must be text, a number or JSON, got {value!r}"
         )
     return str(value)
+
+
+_STRICT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def build_body(
@@ -54,7 +63,10 @@ def build_body(
     return {
         "eventTypeKey": event_type_key,
         "keyValue": key_value,
-        "params": [{"name": name, "value": encode_value(value, version)} for name, value in params],
+        "params": [
+            {"name": name, "value": encode_value(value, version, f"params[{name!r}]")}
+            for name, value in params
+        ],
     }
 
 

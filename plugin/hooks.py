@@ -55,6 +55,10 @@ class Hooks:
 
     def _bot(self, what: str, user_agent: str | None = None, email: str | None = None) -> bool:
         """True (and logged at DEBUG) when the capture comes from a bot: it creates nothing."""
+        if user_agent is not None and not isinstance(user_agent, str):
+            raise ValidationError(
+                "user_agent", f"must be a string, got {type(user_agent).__name__}"
+            )
         if is_bot(self.settings.bots, user_agent, email):
             log.debug("%s ignored: bot traffic", what)
             return True

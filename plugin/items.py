@@ -19,6 +19,8 @@ CanonicalItem = dict[str, Any]
 """A checked product: ``name``, ``price`` and optional fields as strings, ``tags`` a dict."""
 
 NAME_MAX = 500
+PRICE_MAX_EXPONENT = 30
+PRICE_MIN_EXPONENT = -30
 TEXT_MAX = 1000
 OPTIONAL_URLS = ("url", "imageurl")
 OPTIONAL_TEXTS = ("brand", "sku")
@@ -64,6 +66,10 @@ def price_text(value: object, field: str) -> str:
         raise ValidationError(field, f"must be a finite number, got {value!r}")
     if number < 0:
         raise ValidationError(field, f"must not be negative, got {value!r}")
+    # an exponent such as 1e999999999 would otherwise expand to a gigabyte of digits
+    if number and not PRICE_MIN_EXPONENT <= number.adjusted() <= PRICE_MAX_EXPONENT:
+        bounds = f"1e{PRICE_MIN_EXPONENT} and 1e{PRICE_MAX_EXPONENT}"
+        raise ValidationError(field, f"must be between {bounds}, got {value!r}")
     return format(number, "f")
 
 

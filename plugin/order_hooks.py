@@ -5,6 +5,7 @@ optionally the order also goes to the platform's Orders API.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from sqlalchemy import Connection, or_, select, update
@@ -25,6 +26,19 @@ from plugin.validation import (
     dump_json,
     encode_body,
 )
+
+STATUS_MAX = 64
+"""The length of ``shop_events_orders.status``."""
+
+
+def check_status(value: object) -> str:
+    """An order status, upper-cased (``delivered`` → ``DELIVERED``), at most 64 characters."""
+    status = check_host_id(value, "status").upper()
+    if len(status) > STATUS_MAX:
+        raise ValidationError(
+            "status", f"must be at most {STATUS_MAX} characters, got {len(status)}"
+        )
+    return status
 
 
 class OrderHooks(Hooks):
@@ -55,7 +69,7 @@ class OrderHooks(Hooks):
         amount = price_text(total, "total") if total is not None else items_total(checked)
         code = check_currency(currency)
         cart_key = check_host_id(cart_id, "cart_id") if cart_id is not None else None
-        order_status = check_host_id(status, "status").upper()
+        order_status = check_status(status)
         if self._bot(f"order_placed({order_key!r})", user_agent, contact):
             return
         now = self.clock()
@@ -120,7 +134,7 @@ class OrderHooks(Hooks):
         The order must have been placed through :meth:`order_placed`, or ``email`` given.
         """
         order_key = check_host_id(order_id, "order_id")
-        order_status = check_host_id(status, "status").upper()
+        order_status = check_status(status)
         contact = check_email(email) if email is not None else None
         settings = self.settings.orders
         event_type = settings.status_events.get(order_status, settings.updated_event_type_key)
@@ -201,20 +215,28 @@ def orders_api_order(
         "externalCustomerId": email,
         "email": email,
         "status": status,
-        "totalCost": float(payload["total"]),
+        "totalCost": _amount(payload["total"], "total"),
         "date": payload["placed_at"],
         "items": [
             {
                 "externalItemId": item.get("sku") or item.get("url") or item["name"],
                 "name": item["name"],
-                "cost": float(item["price"]),
+                "cost": _amount(item["price"], f"items[{i}].price"),
                 "quantity": int(item.get("quantity", "1")),
                 **({"url": item["url"]} if "url" in item else {}),
                 **({"imageUrl": item["imageurl"]} if "imageurl" in item else {}),
             }
-            for item in payload["items"]
+            for i, item in enumerate(payload["items"])
         ],
     }
     if payload.get("currency"):
         order["currency"] = payload["currency"]
     return order
+
+
+def _amount(text: str, field: str) -> float:
+    """An amount as a JSON number; one too big for a float would be written ``Infinity``."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValidationError(field, f"is too large for the Orders API, got {text[:20]}…")
+    return number

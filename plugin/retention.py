@@ -8,7 +8,16 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta
 
-from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, delete, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    delete,
+    select,
+    tuple_,
+)
 
 from plugin.config import RetentionSettings
 from plugin.models import (
@@ -97,7 +106,10 @@ def purge(
 def _delete_batch(
     conn: Connection, target: Target, conditions: list[ColumnElement[bool]], size: int
 ) -> int:
+    if target.table is caps:  # two-column key: the batch is a set of (flow, contact) pairs
+        pairs = select(caps.c.flow, caps.c.contact).where(*conditions).limit(size)
+        return conn.execute(
+            delete(caps).where(tuple_(caps.c.flow, caps.c.contact).in_(pairs))
+        ).rowcount
     batch = select(target.key).where(*conditions).limit(size).scalar_subquery()
-    if target.table is caps:  # two-column key: delete by the batch's own condition
-        return conn.execute(delete(caps).where(*conditions)).rowcount
     return conn.execute(delete(target.table).where(target.key.in_(batch))).rowcount

@@ -32,7 +32,7 @@ from plugin.retention import purge
 from plugin.scanner import Scanner, ScanResult
 from plugin.scheduler import Scheduler
 from plugin.transport import Transport
-from plugin.validation import check_text
+from plugin.validation import DEDUPE_KEY_MAX, ValidationError, check_text
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,11 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         are not sent to contacts who opted out.
         """
         if dedupe_key is not None:
-            check_text(dedupe_key, "dedupe_key", 400)
+            check_text(dedupe_key, "dedupe_key", DEDUPE_KEY_MAX)
+        if params is not None and not isinstance(params, Mapping):
+            raise ValidationError(
+                "params", f"must be a mapping of param name to value, got {type(params).__name__}"
+            )
         event = self._immediate_event(
             event_type_key,
             key_value,

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import threading
 import time
+import weakref
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -75,6 +76,10 @@ def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
     return max(timedelta(0), when - now)
 
 
+def _monotonic() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
 class RateLimiter:
     """Spaces requests to at most ``rate`` per second in this process (thread-safe).
 
@@ -84,17 +89,28 @@ class RateLimiter:
     def __init__(self, rate: float) -> None:
         self._interval = 1.0 / rate
         self._next = 0.0
+        self._blocked_until = 0.0
         self._lock = threading.Lock()
 
     def acquire(self, stop: threading.Event | None = None) -> None:
-        """Wait for this caller's slot; returns early if ``stop`` is set."""
+        """Wait for this caller's slot, and past any :meth:`block`; returns early on ``stop``."""
+        waiter = stop or threading.Event()
+        while True:
+            with self._lock:
+                now = _monotonic()
+                slot = max(now, self._blocked_until, self._next)
+                self._next = slot + self._interval
+            if slot > now and waiter.wait(slot - now):
+                return
+            with self._lock:
+                if _monotonic() >= self._blocked_until:
+                    return
+            # a block began while this caller waited for its slot: queue again behind it
+
+    def block(self, seconds: float) -> None:
+        """Let no request start for ``seconds`` from now (a server's ``Retry-After``)."""
         with self._lock:
-            now = time.clock_gettime(time.CLOCK_MONOTONIC)
-            slot = max(now, self._next)
-            self._next = slot + self._interval
-        wait = slot - now
-        if wait > 0:
-            (stop or threading.Event()).wait(wait)
+            self._blocked_until = max(self._blocked_until, _monotonic() + seconds)
 
 
 class Transport:
@@ -108,6 +124,14 @@ class Transport:
         self._session: requests.Session | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            transport = ref()
+            if transport is not None:
+                transport._lock = threading.Lock()  # a parent thread may have held it
+
+        os.register_at_fork(after_in_child=after_fork)
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self._api.base_url!r}, version={self._api.version!r})"
@@ -153,6 +177,11 @@ class Transport:
         except requests.RequestException as exc:
             return Result(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX])
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
+        if retry_after is not None and response.status_code in (429, 503):
+            # The whole process waits, not just this row: every request would be refused.
+            # At most one read timeout, so rows claimed meanwhile keep their leases
+            # (lease > 2 × (timeout + connect_timeout)); the row itself waits the full time.
+            self._limiter.block(min(retry_after, self._api.timeout).total_seconds())
         text = response.text[:ERROR_TEXT_MAX].strip()
         return classify(response.status_code, text, retry_after)
 

@@ -20,6 +20,7 @@ PARAM_NAME_MAX = 100
 FORBIDDEN_KEY_CHARS = frozenset("‹;’\\/|\"`'^?!,>")
 FORBIDDEN_LIST = " ".join(sorted(FORBIDDEN_KEY_CHARS))
 HOST_ID_MAX = 255
+DEDUPE_KEY_MAX = 500
 _SPACE = re.compile(r"\s")
 _HTTP_URL = re.compile(r"https?://[^/?#\s]+", re.IGNORECASE)
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))

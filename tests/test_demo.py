@@ -21,8 +21,8 @@ from plugin import Settings, Tracker
 from plugin.demo import catalog
 from plugin.demo.receiver import Receiver
 from plugin.demo.run import Demo, run_demo
-from plugin.demo.shop import create_shop, tracker_of
-from plugin.demo.simulate import simulate
+from plugin.demo.shop import create_shop, shop_state, tracker_of
+from plugin.demo.simulate import simulate, types_in
 from plugin.models import carts, outbox
 
 KEY = "demo-test-key"
@@ -50,6 +50,7 @@ def shop(receiver: Receiver, tmp_path: Path) -> Iterator[Flask]:
     tracker = tracker_of(app)
     tracker.migrate()
     yield app
+    shop_state(app).close()
     tracker.shutdown()
     tracker.engine.dispose()
 
@@ -224,6 +225,37 @@ def test_pages(shop: Flask) -> None:
     assert KEY not in status
 
 
+def test_sign_up_creates_the_contact_and_gives_the_cart_its_email(
+    shop: Flask, receiver: Receiver
+) -> None:
+    tracker = tracker_of(shop)
+    client = shop.test_client()
+    add(client, 1)
+    assert cart_rows(tracker)[0].email is None
+    response = client.post("/account", data={"email": "fay@example.com", "first_name": "Fay"})
+    assert response.status_code == 302
+    assert cart_rows(tracker)[0].email == "fay@example.com"  # the cart is hers now
+    page = client.get("/cart").get_data(as_text=True)
+    assert "Fay" in page and "Sign out" in page
+    again = shop.test_client().post("/account", data={"email": "fay@example.com"})
+    assert again.status_code == 302  # signed in again: not a new contact
+    tracker.dispatch()
+    [event] = receiver.events
+    assert event["eventTypeKey"] == "create_contact"
+    assert Receiver.params(event) == {"email": "fay@example.com", "firstName": "Fay"}
+
+
+def test_the_views_never_call_the_tracker() -> None:
+    """The demo is installed the automatic way: its views only change the shop's own rows."""
+    import inspect
+
+    from plugin.demo import shop as module
+
+    source = inspect.getsource(module._register_routes)
+    for hook in ("cart_updated", "cart_cleared", "order_placed", "registration_completed"):
+        assert hook not in source, hook
+
+
 def test_bad_email_is_explained_not_recorded(shop: Flask) -> None:
     client = shop.test_client()
     add(client, 1)
@@ -279,34 +311,100 @@ def test_run_demo_prints_the_urls_and_stops_cleanly(
     assert (tmp_path / "demo.db").exists()
 
 
+FLOW_TYPES = (
+    "abandoned_cart",
+    "abandoned_browse",
+    "unfinished_registration",
+    "orderCreated",
+    "orderUpdated",
+    "orderDelivered",
+    "orderCancelled",
+    "orders_api",
+    "login",
+    "password_change",
+    "password_reset",
+    "create_contact",
+    "update_contact",
+)
+ACTIVITY_STATES = ("active", "abandoned", "converted", "cleared", "completed", "suppressed")
+
+
 def test_simulate_accounts_for_every_event() -> None:
     out = io.StringIO()
-    counts = simulate(60, seed=1, out=out)
+    counts = simulate(68, seed=1, out=out)
 
-    assert counts["lost"] == 0
-    assert counts["carts"] == 60
-    assert counts["active"] == 0 and counts["pending"] == 0
+    assert counts["lost"] == 0 and counts["phantom"] == 0
+    assert counts["pending"] == 0
+    for table in ("carts", "browses", "registrations"):
+        assert counts[f"{table}.active"] == 0 and counts[f"{table}.unknown"] == 0, table
+        assert counts[table] == sum(counts[f"{table}.{s}"] for s in ACTIVITY_STATES), table
     assert counts["carts"] == sum(
         counts[k] for k in ("converted", "cleared", "suppressed", "left_abandoned", "active")
     )
     assert counts["enqueued"] == (
         counts["delivered"] + counts["dead"] + counts["superseded"] + counts["pending"]
     )
-    assert counts["enqueued"] == counts["reminders"] + counts["orders"]
     assert counts["sent"] == counts["delivered"]
     assert counts["accepted"] == counts["delivered"] + counts["duplicates"]
     assert counts["rearmed"] == counts["reminders"] - counts["abandoned"]
-    # every kind of shopper showed up
+    assert counts["reminders"] == counts["abandoned_cart.queued"]
+    assert counts["orders"] == counts["orderCreated.queued"]
+
+    # every event type, and the numbers of each add up to the totals
+    types = types_in(counts)
+    assert set(FLOW_TYPES) <= set(types)
+    for measure, total in (
+        ("queued", "enqueued"),
+        ("delivered", "delivered"),
+        ("superseded", "superseded"),
+        ("dead", "dead"),
+        ("pending", "pending"),
+        ("lost", "lost"),
+    ):
+        assert sum(counts[f"{t}.{measure}"] for t in types) == counts[total], measure
+    for kind in types:
+        assert counts[f"{kind}.queued"] == sum(
+            counts[f"{kind}.{m}"] for m in ("delivered", "superseded", "dead", "pending")
+        ), kind
+    for kind in FLOW_TYPES:
+        assert counts[f"{kind}.delivered"] > 0, kind
+
+    # every kind of shopper showed up, in the tables
     for key in ("abandoned", "converted", "cleared", "suppressed", "superseded", "rearmed"):
         assert counts[key] > 0, key
-    assert counts["dead"] == 1  # the one scripted 400
-    assert counts["requests"] > counts["accepted"]  # the scripted faults were retried
+    for key in (
+        "browses.abandoned",
+        "browses.converted",
+        "browses.suppressed",
+        "registrations.abandoned",
+        "registrations.completed",
+    ):
+        assert counts[key] > 0, key
+    assert counts["browses.abandoned"] == counts["abandoned_browse.queued"]
+    assert counts["registrations.abandoned"] == counts["unfinished_registration.queued"]
+    assert counts["registrations.completed"] == counts["create_contact.queued"]
+    # an order's events and its Orders API rows: one of each per order and status change
+    order_events = sum(
+        counts[f"{t}.queued"]
+        for t in ("orderCreated", "orderUpdated", "orderDelivered", "orderCancelled")
+    )
+    assert counts["orders_api.queued"] == order_events
+    assert counts["abandoned_cart.superseded"] > 0  # orders and opt-outs while queued
+
+    assert counts["dead"] == counts["refused"] >= 1  # the one scripted 400
+    assert counts["failed"] > counts["refused"]  # the other faults were retried
     text = out.getvalue()
-    assert "60 shoppers" in text and "every event accounted for" in text
+    assert "68 shoppers" in text and "every event accounted for" in text
+    for kind in FLOW_TYPES:
+        assert f"\n  {kind} " in text, kind
+    for table in ("carts", "browses", "registrations"):
+        assert f"\n  {table} " in text, table
 
 
 def test_simulate_without_faults() -> None:
-    counts = simulate(14, seed=7, faults=False, out=None)
+    counts = simulate(17, seed=7, faults=False, out=None)
     assert counts["lost"] == 0
-    assert counts["dead"] == 0 and counts["duplicates"] == 0
-    assert counts["requests"] == counts["accepted"] == counts["delivered"]
+    assert counts["dead"] == 0 and counts["duplicates"] == 0 and counts["failed"] == 0
+    assert counts["accepted"] == counts["delivered"] == counts["sent"]
+    assert counts["enqueued"] == counts["delivered"] + counts["superseded"]
+    assert counts["requests"] <= counts["accepted"]  # Orders API requests carry several

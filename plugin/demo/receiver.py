@@ -20,6 +20,7 @@ import hmac
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -67,6 +68,8 @@ class Received:
     status: int
     reply: str = ""
     """The response body (the reason text of a 4xx)."""
+    arrived: datetime | None = None
+    """When the request arrived, before any hold or latency (``time`` is when it was answered)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +108,11 @@ class Receiver:
         self.api_key = api_key
         self.latency = 0.0
         """Seconds added to every request before it is answered."""
+        self.rate_limit: float | None = None
+        """Requests per second above which the receiver answers 429 with ``Retry-After: 1``,
+        as the platform does over its limit: a token bucket holding one second's worth."""
+        self._tokens = 0.0
+        self._tokens_at: float | None = None
         self.max_body_bytes = MAX_BODY_BYTES
         self._requested_port = port
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -226,6 +234,7 @@ class Receiver:
             self._orders.clear()
             self._script.clear()
             self._arrived = 0
+            self._tokens_at = None
 
     # ----------------------------------------------------------------- recordings
 
@@ -325,9 +334,15 @@ class Receiver:
         return app
 
     def _handle(self, kind: str | None) -> Response:
+        arrived = self._clock()
         with self._cond:
             self._arrived += 1
             self._cond.notify_all()
+            within_rate = self._take_token()
+        if not within_rate:
+            raw = request.get_data(cache=True)
+            headers = {"Retry-After": "1"}
+            return self._record(raw, _parse_json(raw), arrived, 429, "Too Many Requests", headers)
         self._wait_while_held()
         if self.latency > 0:
             self._stopping.wait(self.latency)
@@ -366,6 +381,18 @@ class Receiver:
                 if status == 401:
                     headers["WWW-Authenticate"] = 'Basic realm="api"'
 
+        return self._record(raw, parsed, arrived, status, text, headers, accepted)
+
+    def _record(
+        self,
+        raw: bytes,
+        parsed: Any,
+        arrived: datetime,
+        status: int,
+        text: str,
+        headers: dict[str, str],
+        accepted: _Accepted | None = None,
+    ) -> Response:
         record = Received(
             time=self._clock(),
             method=request.method,
@@ -375,6 +402,7 @@ class Receiver:
             json=parsed,
             status=status,
             reply=text,
+            arrived=arrived,
         )
         with self._lock:
             self._requests.append(record)
@@ -383,6 +411,23 @@ class Receiver:
         if accepted is not None and self._on_event is not None:
             self._on_event(accepted.body)
         return Response(text, status=status, headers=headers, mimetype="text/plain")
+
+    def _take_token(self) -> bool:
+        """One token of the rate limit's bucket (call with the lock held); False when empty."""
+        rate = self.rate_limit
+        if not rate:
+            return True
+        now = time.monotonic()
+        capacity = max(1.0, rate)
+        if self._tokens_at is None:
+            self._tokens = capacity
+        else:
+            self._tokens = min(capacity, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def _wait_while_held(self) -> None:
         with self._cond:

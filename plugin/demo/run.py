@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self, TextIO
 
+from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from plugin.config import Settings, format_duration
@@ -63,6 +64,7 @@ class Demo:
         self._scheduler = scheduler
         self.out: TextIO = sys.stdout
         self.tracker: Tracker | None = None
+        self.app: Flask | None = None
         self.server: BaseWSGIServer | None = None
 
     def start(self) -> Self:
@@ -81,7 +83,7 @@ class Demo:
             tracker = Tracker(settings)
             self.tracker = tracker
             tracker.migrate()  # before the scheduler's first scan, which ShopEvents starts
-            app = create_shop(
+            app = self.app = create_shop(
                 settings,
                 public_url=f"http://{self.host}:{self._shop_port}",
                 receiver_url=self.receiver.url,
@@ -111,7 +113,7 @@ class Demo:
             f"  database:       {self.db_file}",
             f"  carts are abandoned after {format_duration(settings.abandoned_cart.after)} "
             f"of inactivity (scanned every {format_duration(settings.scheduler.scan_interval)})",
-            "  add products, enter an email on the cart page, then leave the cart alone",
+            "  add products, sign up or enter an email on the cart page, then leave the cart alone",
             "  Ctrl-C to stop",
         ]
 
@@ -130,6 +132,9 @@ class Demo:
         if self.server is not None:
             self.server.server_close()
             self.server = None
+        if self.app is not None:
+            shop_state(self.app).close()
+            self.app = None
         if self.tracker is not None:
             self.tracker.shutdown()
             self.tracker.engine.dispose()

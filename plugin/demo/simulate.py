@@ -1,15 +1,19 @@
 """Scripted shoppers against a real Tracker, a SQLite file and a local receiver, on a moved clock.
 
 ``simulate(n)`` plays ``n`` shoppers over simulated time (nothing sleeps: a :class:`FakeClock`
-moves in 10-second ticks, and each tick runs one scan and one dispatch pass). Then it counts
-what happened from the plugin's tables and the receiver's recorded requests only, and prints a
-table. ``shop-events demo --simulate N`` calls it.
+moves in 10-second ticks, and each tick runs one scan and one dispatch pass). The shoppers go
+through every flow: carts, product browsing (some anonymous, identified when they sign in),
+registrations, logins and password resets, contact updates, orders and their status changes
+(also sent to the Orders API) and opt-outs. Then it counts what happened from the plugin's
+tables and the receiver's recorded requests only, and prints a table per flow and event type.
+``shop-events demo --simulate N`` calls it.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import random
 import sys
 import tempfile
@@ -17,16 +21,18 @@ from collections.abc import Callable, Generator, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 
 from plugin.config import Settings
 from plugin.demo import catalog
-from plugin.demo.receiver import Receiver, Reply
+from plugin.demo.receiver import Received, Receiver, Reply
+from plugin.dispatcher import ORDERS_API_PATH
 from plugin.items import Item
-from plugin.models import CartState, Status, carts, outbox
+from plugin.models import CartState, Status, browses, carts, outbox, registrations
 from plugin.tracker import Tracker
+from plugin.validation import encode_body
 
 SHOP_URL = "http://127.0.0.1:5000"
 API_KEY = "simulation-key"
@@ -35,6 +41,25 @@ MAX_TICKS = 6 * 360
 """Six hours of shop time: far more than any plan needs; a bound, not a goal."""
 REMINDER_PATIENCE = 180
 """Ticks a shopper waits for a reminder before going on without it (a dead letter, say)."""
+SETTINGS: dict[str, dict[str, Any]] = {
+    "abandoned_cart": {"after": "1m", "contact_interval": "1m"},
+    "abandoned_browse": {"after": "1m", "contact_interval": "1m"},
+    "unfinished_registration": {"after": "2m", "contact_interval": "1m"},
+    "orders": {"api": True},
+    "contacts": {"fields": {"10001": "date"}, "default_region": "UA"},
+    "scheduler": {"enabled": False},
+}
+"""The simulation's shop: short timeouts, orders also sent to the Orders API."""
+ORDERS_API_TYPE = "orders_api"
+"""The outbox's event type of Orders API rows."""
+ACTIVITY: tuple[tuple[str, Table], ...] = (
+    ("carts", carts),
+    ("browses", browses),
+    ("registrations", registrations),
+)
+MEASURES = ("queued", "delivered", "superseded", "dead", "pending", "lost")
+"""What is counted per event type (``<type>.<measure>`` in the returned counts)."""
+FIRST_NAMES = ("Ann", "Bohdan", "Chloé", "Dmytro", "Eva", "Farid", "Greta", "Hiro")
 
 
 class FakeClock:
@@ -63,7 +88,9 @@ class Ticks:
 
 @dataclasses.dataclass(frozen=True)
 class Reminded:
-    """Wait until the receiver has accepted this many reminders for the shopper's email."""
+    """Wait until the receiver has accepted this many abandoned-cart reminders for the
+    shopper's email.
+    """
 
     count: int
 
@@ -79,7 +106,7 @@ Plan = Generator[Condition, None, None]
 
 @dataclasses.dataclass
 class Shopper:
-    """One scripted shopper and the cart they build."""
+    """One scripted shopper, the cart they build and the products they look at."""
 
     number: int
     profile: str
@@ -87,11 +114,28 @@ class Shopper:
     start_tick: int
     lines: dict[int, int]
     rng: random.Random
+    nth: int = 0
+    """How many shoppers of the same profile came before this one."""
 
     @property
     def cart_id(self) -> str:
         """The shopper's cart id."""
         return f"sim-cart-{self.number}"
+
+    @property
+    def order_id(self) -> str:
+        """The id of the shopper's order."""
+        return f"sim-order-{self.number}"
+
+    @property
+    def visitor_id(self) -> str:
+        """The shopper's anonymous visitor id (a cookie) before signing in."""
+        return f"sim-visitor-{self.number}"
+
+    @property
+    def first_name(self) -> str:
+        """The shopper's first name."""
+        return FIRST_NAMES[self.number % len(FIRST_NAMES)]
 
     def items(self) -> list[Item]:
         """The cart's products as the shop would send them."""
@@ -125,17 +169,31 @@ class Shopper:
             restore_url=f"{SHOP_URL}/cart/restore/{self.cart_id}",
         )
 
+    def view(self, tracker: Tracker, *, anonymous: bool = False) -> None:
+        """Look at a product page, signed in or (``anonymous``) under the visitor id."""
+        product = self.rng.choice(catalog.PRODUCTS)
+        who = {"visitor_id": self.visitor_id} if anonymous else {"email": self.email}
+        tracker.product_viewed(item=catalog.item(product, SHOP_URL), **who)
+
     def buy(self, tracker: Tracker) -> None:
         """Place the order for the cart."""
         assert self.email is not None
         tracker.order_placed(
-            f"sim-order-{self.number}",
+            self.order_id,
             email=self.email,
             items=self.items(),
             total=self.total(),
             currency="EUR",
             cart_id=self.cart_id,
         )
+
+
+def _email(s: Shopper) -> str:
+    assert s.email is not None
+    return s.email
+
+
+# carts
 
 
 def _abandons(s: Shopper, t: Tracker) -> Plan:
@@ -186,6 +244,107 @@ def _clears(s: Shopper, t: Tracker) -> Plan:
     t.cart_cleared(s.cart_id)
 
 
+# browsing
+
+
+def _browses_and_leaves(s: Shopper, t: Tracker) -> Plan:
+    for _ in range(s.rng.randint(2, 4)):
+        s.view(t)
+        yield Ticks(1)
+
+
+def _browses_then_buys(s: Shopper, t: Tracker) -> Plan:
+    s.view(t)
+    yield Ticks(1)
+    s.view(t)
+    yield Ticks(1)
+    s.update(t)  # the browse is cancelled: the shopper carted
+    yield Ticks(2)
+    s.buy(t)
+
+
+def _browses_anonymously_then_signs_in(s: Shopper, t: Tracker) -> Plan:
+    s.view(t, anonymous=True)
+    yield Ticks(1)
+    s.view(t, anonymous=True)
+    yield Ticks(s.rng.choice([1, 8]))  # sometimes only after the browse came due unreachable
+    t.identify(s.visitor_id, _email(s))
+    t.logged_in(_email(s))
+
+
+# accounts
+
+
+def _registers(s: Shopper, t: Tracker) -> Plan:
+    t.registration_started(_email(s), source="header")
+    yield Ticks(2)
+    t.registration_completed(_email(s))
+    t.contact_upserted(
+        _email(s),
+        first_name=s.first_name,
+        last_name="Shopper",
+        phone=f"+38095{5_500_000 + s.number:07d}",
+        created=True,
+    )
+    t.logged_in(_email(s))
+
+
+def _abandons_registration(s: Shopper, t: Tracker) -> Plan:
+    t.registration_started(_email(s), source="checkout", first_name=s.first_name)
+    yield from ()
+
+
+def _resets_password(s: Shopper, t: Tracker) -> Plan:
+    t.logged_in(_email(s))
+    yield Ticks(1)
+    t.password_reset_requested(_email(s), reset_url=f"{SHOP_URL}/reset/{s.number}")
+    yield Ticks(2)
+    t.password_changed(_email(s))
+
+
+def _updates_profile(s: Shopper, t: Tracker) -> Plan:
+    t.contact_upserted(
+        _email(s),
+        first_name=s.first_name,
+        phone=f"095{5_500_000 + s.number:07d}",  # local: read in contacts.default_region
+        fields={10001: dt.date(1970 + s.number % 40, 1 + s.number % 12, 1 + s.number % 28)},
+    )
+    yield from ()
+
+
+# orders
+
+
+def _order_moves_on(s: Shopper, t: Tracker) -> Plan:
+    s.update(t)
+    yield Ticks(1)
+    s.buy(t)
+    yield Ticks(3)
+    if s.nth % 2:
+        t.order_status_changed(s.order_id, status="CANCELLED")
+        return
+    t.order_status_changed(s.order_id, status="SHIPPED")
+    yield Ticks(3)
+    t.order_status_changed(s.order_id, status="DELIVERED")
+
+
+# consent
+
+
+def _opts_out(s: Shopper, t: Tracker) -> Plan:
+    s.view(t)
+    s.update(t)
+    yield Ticks(1)
+    t.opted_out(_email(s))  # before the timeouts: cart and browse are skipped
+    t.logged_in(_email(s))  # transactional: still sent
+
+
+def _opts_out_while_queued(s: Shopper, t: Tracker) -> Plan:
+    s.update(t)
+    yield Queued()
+    t.opted_out(_email(s))  # the queued reminder is superseded
+
+
 PROFILES: dict[str, Callable[[Shopper, Tracker], Plan]] = {
     "abandons": _abandons,
     "buys in time": _buys_in_time,
@@ -194,6 +353,16 @@ PROFILES: dict[str, Callable[[Shopper, Tracker], Plan]] = {
     "buys while reminder queued": _buys_while_queued,
     "clears the cart": _clears,
     "anonymous": _anonymous,
+    "browses and leaves": _browses_and_leaves,
+    "browses then buys": _browses_then_buys,
+    "browses anonymously, signs in": _browses_anonymously_then_signs_in,
+    "registers": _registers,
+    "abandons registration": _abandons_registration,
+    "resets password": _resets_password,
+    "updates profile": _updates_profile,
+    "order moves on": _order_moves_on,
+    "opts out": _opts_out,
+    "opts out while reminder queued": _opts_out_while_queued,
 }
 
 
@@ -221,27 +390,40 @@ def simulate(
     Shoppers (profiles dealt in turn, shuffled by ``seed``) abandon their cart, buy before the
     1-minute timeout, buy after the reminder arrives, change the cart after the reminder (a new
     cart version, reminded again), buy while the reminder is queued but unsent (it is then
-    superseded), empty the cart, or shop without an email (nothing can be sent). With
-    ``faults``, the receiver now and then answers 500/503/429, refuses one event with a 400
-    (a dead letter), and rejects the API key for a minute (delivery pauses, then resumes).
+    superseded), empty the cart, shop without an email (nothing can be sent), browse and leave
+    (an abandoned browse), browse then cart and buy (the browse is cancelled), browse
+    anonymously and sign in later (the views follow them), register or give up registering
+    (an unfinished registration after 2 minutes), reset their password, update their contact
+    data, see their order shipped, delivered or cancelled, or opt out of marketing (before
+    the timeout, or while a reminder is queued). With ``faults``, the receiver now and then
+    answers 500/503/429, refuses one request with a 400 (dead letters), and rejects the API key
+    for a minute (delivery pauses, then resumes).
 
     Returned counts, all from the tables and ``receiver.requests``:
 
-    - ``carts``: cart rows; ``converted``, ``cleared``, ``suppressed``, ``left_abandoned``,
-      ``active``: cart rows by state now (they add up to ``carts``).
+    - ``carts``, ``browses``, ``registrations``: rows of each; ``<table>.<state>``: rows by
+      state now (``active``, ``abandoned``, ``converted``, ``cleared``, ``completed``,
+      ``suppressed``; they add up). For carts also, as before: ``converted``, ``cleared``,
+      ``suppressed``, ``left_abandoned``, ``active``.
     - ``abandoned``: carts with at least one ``abandoned_cart`` outbox row; ``reminders``: those
       rows (one per cart version); ``rearmed`` = ``reminders - abandoned``.
-    - ``orders``: outbox rows of the order event type.
+    - ``orders``: outbox rows of the order-created event type.
+    - ``<event type>.<measure>`` for every event type (``abandoned_browse.delivered`` …,
+      ``orders_api.*`` for the Orders API): ``queued`` rows, ``delivered``, ``superseded``,
+      ``dead``, ``pending`` and ``lost`` as below.
     - ``enqueued``: all outbox rows; ``sent``, ``dead``, ``superseded``, ``pending`` (pending or
       in flight): rows by status.
-    - ``requests``: requests the receiver answered; ``accepted``: those answered 2xx.
-    - ``delivered``: ``sent`` rows matched one-to-one to an accepted request with the row's
-      exact body bytes.
-    - ``duplicates``: accepted requests beyond those matched, whose body is some row's body
-      (at-least-once delivery resent it).
+    - ``requests``: requests the receiver answered; ``failed``: those not answered 2xx.
+      ``accepted``: events and orders in requests answered 2xx (an Orders API request carries
+      several); ``refused``: those in requests refused for good (4xx other than 401, 403, 408,
+      425, 429), which the plugin must have dead-lettered.
+    - ``delivered``: ``sent`` rows matched one-to-one to an accepted event or order with the
+      row's exact body bytes.
+    - ``duplicates``: accepted events or orders beyond those matched, whose body is some row's
+      body (at-least-once delivery resent it).
     - ``lost``: ``sent`` rows the receiver never accepted, plus rows in no known status, plus
-      accepted requests whose body is no row's body at all. Every event is accounted for when
-      ``enqueued == delivered + dead + superseded + pending`` and ``lost == 0``.
+      accepted events or orders whose body is no row's body at all. Every event is accounted
+      for when ``enqueued == delivered + dead + superseded + pending`` and ``lost == 0``.
     """
     if n < 1:
         raise ValueError("simulate needs at least one shopper")
@@ -255,8 +437,7 @@ def simulate(
             {
                 "api": {"base_url": receiver.base_url, "key": API_KEY},
                 "database": {"url": f"sqlite:///{Path(folder) / 'simulation.db'}"},
-                "abandoned_cart": {"after": "1m", "contact_interval": "1m"},
-                "scheduler": {"enabled": False},
+                **SETTINGS,
             }
         )
         tracker = Tracker(settings, clock=clock)
@@ -277,6 +458,7 @@ def _shoppers(n: int, rng: random.Random) -> list[Shopper]:
     profiles = [names[i % len(names)] for i in range(n)]
     rng.shuffle(profiles)
     shoppers = []
+    seen: collections.Counter[str] = collections.Counter()
     for number, profile in enumerate(profiles, start=1):
         products = rng.sample([p.id for p in catalog.PRODUCTS], rng.randint(1, 4))
         shoppers.append(
@@ -287,8 +469,10 @@ def _shoppers(n: int, rng: random.Random) -> list[Shopper]:
                 start_tick=rng.randint(0, 18),
                 lines={pid: rng.randint(1, 3) for pid in products},
                 rng=random.Random(rng.random()),
+                nth=seen[profile],
             )
         )
+        seen[profile] += 1
     return shoppers
 
 
@@ -303,11 +487,12 @@ def _play(
     """Run ticks until every plan is done and nothing is left to scan or send; returns ticks."""
     running = [_Running(s) for s in shoppers]
     reminder_key = tracker.settings.abandoned_cart.event_type_key
+    injector = _Faults(receiver, rng)
     tick = 0
     for tick in range(1, MAX_TICKS + 1):
         clock.advance(TICK)
         if faults:
-            _inject_faults(receiver, tick, rng)
+            injector.inject(tick, shopping=not all(r.done for r in running))
         reminded = collections.Counter(
             e.get("keyValue") for e in receiver.events if e.get("eventTypeKey") == reminder_key
         )
@@ -322,23 +507,37 @@ def _play(
     return tick
 
 
-def _inject_faults(receiver: Receiver, tick: int, rng: random.Random) -> None:
-    if tick == 9:
-        receiver.script(Reply(400, "The event should have the following params: [phone]"))
-    if tick == 14:
-        receiver.api_key = "rotated-key"  # the account's key changed: the plugin's is wrong now
-    if tick == 20:
-        receiver.api_key = API_KEY
-    if rng.random() < 0.08:
-        receiver.script(
-            rng.choice(
-                [
-                    Reply(503, "maintenance"),
-                    Reply(500, "oops"),
-                    Reply(429, "Too many requests", {"Retry-After": "30"}),
-                ]
+@dataclasses.dataclass
+class _Faults:
+    """The receiver's scripted trouble: one 400, a rotated key, and random transient errors."""
+
+    receiver: Receiver
+    rng: random.Random
+    arrived: int = -1
+    """Requests that had arrived when the last random error was scripted."""
+
+    def inject(self, tick: int, shopping: bool) -> None:
+        receiver = self.receiver
+        if tick == 9:
+            receiver.script(Reply(400, "The event should have the following params: [phone]"))
+        if tick == 14:
+            receiver.api_key = "rotated-key"  # the account's key changed: the plugin's is wrong
+        if tick == 20:
+            receiver.api_key = API_KEY
+        # Random errors only while shoppers shop, and not piling up while nothing is sent:
+        # otherwise the last retries of the day would meet nothing but errors.
+        if shopping and receiver.arrived > self.arrived and self.rng.random() < 0.08:
+            self.arrived = receiver.arrived
+            receiver.script(
+                self.rng.choice(
+                    [
+                        Reply(503, "maintenance"),
+                        Reply(500, "oops"),
+                        # a short Retry-After: the transport holds every send for it, in real time
+                        Reply(429, "Too many requests", {"Retry-After": "1"}),
+                    ]
+                )
             )
-        )
 
 
 def _step(
@@ -394,19 +593,62 @@ def _ready(
 
 
 def _settled(tracker: Tracker) -> bool:
+    """Nothing left to send, and no cart, browse or registration still waiting to come due."""
     with tracker.engine.connect() as conn:
         unsent = conn.execute(
             select(func.count())
             .select_from(outbox)
             .where(outbox.c.status.in_([Status.PENDING.value, Status.IN_FLIGHT.value]))
         ).scalar_one()
-        active = conn.execute(
-            select(func.count()).select_from(carts).where(carts.c.state == CartState.ACTIVE.value)
-        ).scalar_one()
+        active = sum(
+            conn.execute(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.state == CartState.ACTIVE.value)
+            ).scalar_one()
+            for _, table in ACTIVITY
+        )
     return unsent == 0 and active == 0
 
 
 # --------------------------------------------------------------------------------- counting
+
+
+def event_types(settings: Settings) -> list[str]:
+    """The event types the shop's settings can raise, in the table's order."""
+    orders = settings.orders
+    keys = settings.events
+    listed = [
+        settings.abandoned_cart.event_type_key,
+        settings.abandoned_browse.event_type_key,
+        settings.unfinished_registration.event_type_key,
+        orders.event_type_key,
+        orders.updated_event_type_key,
+        *orders.status_events.values(),
+        *([ORDERS_API_TYPE] if orders.api else []),
+        keys.login,
+        keys.password_change,
+        keys.password_reset,
+        keys.create_contact,
+        keys.update_contact,
+    ]
+    return list(dict.fromkeys(listed))
+
+
+def _units(request: Received) -> list[bytes]:
+    """What one request carried: an event's body, or each order of an Orders API batch
+    encoded as the outbox stores it.
+    """
+    if request.path.endswith(f"/{ORDERS_API_PATH}") and isinstance(request.json, dict):
+        orders = request.json.get("orders")
+        if isinstance(orders, list):
+            return [encode_body(order) for order in orders]
+    return [request.raw]
+
+
+def _refused_for_good(status: int) -> bool:
+    """A 4xx the plugin dead-letters (not a bad key, not a retryable one)."""
+    return 400 <= status < 500 and status not in (401, 403, 408, 425, 429)
 
 
 def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
@@ -414,11 +656,19 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
 
     See :func:`simulate` for what each number means.
     """
-    reminder_key = tracker.settings.abandoned_cart.event_type_key
-    order_key = tracker.settings.orders.event_type_key
+    settings = tracker.settings
+    reminder_key = settings.abandoned_cart.event_type_key
+    order_key = settings.orders.event_type_key
+    counts: dict[str, int] = {}
     with tracker.engine.connect() as conn:
-        grouped = conn.execute(select(carts.c.state, func.count()).group_by(carts.c.state))
-        states: dict[str, int] = {str(state): int(n) for state, n in grouped}
+        for name, table in ACTIVITY:
+            grouped = conn.execute(select(table.c.state, func.count()).group_by(table.c.state))
+            states: dict[str, int] = {str(state): int(k) for state, k in grouped}
+            counts[name] = sum(states.values())
+            for state in CartState:
+                counts[f"{name}.{state.value}"] = states.get(state.value, 0)
+            unknown = set(states) - {s.value for s in CartState}
+            counts[f"{name}.unknown"] = sum(states[s] for s in unknown)
         rows = conn.execute(
             select(
                 outbox.c.status,
@@ -432,10 +682,34 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
     by_status = collections.Counter(str(r.status) for r in rows)
     known = {s.value for s in Status}
 
-    answered = receiver.requests
-    accepted = collections.Counter(
-        q.raw for q in answered if 200 <= q.status < 300 and q.path.startswith("/api/")
-    )
+    answered = [q for q in receiver.requests if q.path.startswith("/api/")]
+    accepted: collections.Counter[bytes] = collections.Counter()
+    refused = failed = 0
+    for request in answered:
+        if 200 <= request.status < 300:
+            accepted.update(_units(request))
+            continue
+        failed += 1
+        if _refused_for_good(request.status):
+            refused += len(_units(request))
+
+    types = event_types(settings)
+    types += sorted({str(r.event_type_key) for r in rows} - set(types))
+    per: dict[str, collections.Counter[str]] = {t: collections.Counter() for t in types}
+    type_of: dict[bytes, str] = {}
+    for r in rows:
+        body = str(r.body).encode("utf-8")
+        kind = str(r.event_type_key)
+        type_of[body] = kind
+        per[kind]["queued"] += 1
+        status = str(r.status)
+        if status in (Status.PENDING.value, Status.IN_FLIGHT.value):
+            per[kind]["pending"] += 1
+        elif status in (Status.SUPERSEDED.value, Status.DEAD.value):
+            per[kind][status] += 1
+        elif status not in known:
+            per[kind]["lost"] += 1
+
     bodies_all = collections.Counter(str(r.body).encode("utf-8") for r in rows)
     bodies_sent = collections.Counter(
         str(r.body).encode("utf-8") for r in rows if r.status == Status.SENT.value
@@ -448,53 +722,50 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
         extra = accepted[body] - matched
         if bodies_all[body]:
             duplicates += extra
+            per[type_of[body]]["delivered"] += matched
+            per[type_of[body]]["lost"] += bodies_sent[body] - matched
         else:
             phantom += extra
     unknown_status = sum(c for s, c in by_status.items() if s not in known)
 
-    total_carts = sum(states.values())
-    return {
-        "carts": total_carts,
-        "abandoned": len({r.subject_id for r in reminders}),
-        "reminders": len(reminders),
-        "rearmed": len(reminders) - len({r.subject_id for r in reminders}),
-        "converted": states.get(CartState.CONVERTED.value, 0),
-        "cleared": states.get(CartState.CLEARED.value, 0),
-        "suppressed": states.get(CartState.SUPPRESSED.value, 0),
-        "left_abandoned": states.get(CartState.ABANDONED.value, 0),
-        "active": states.get(CartState.ACTIVE.value, 0),
-        "orders": sum(1 for r in rows if r.event_type_key == order_key),
-        "enqueued": len(rows),
-        "sent": by_status[Status.SENT.value],
-        "delivered": delivered,
-        "dead": by_status[Status.DEAD.value],
-        "superseded": by_status[Status.SUPERSEDED.value],
-        "pending": by_status[Status.PENDING.value] + by_status[Status.IN_FLIGHT.value],
-        "requests": len(answered),
-        "accepted": sum(accepted.values()),
-        "duplicates": duplicates,
-        "lost": unreceived + unknown_status + phantom,
-    }
+    for kind, measured in per.items():
+        for measure in MEASURES:
+            counts[f"{kind}.{measure}"] = measured[measure]
+    counts.update(
+        {
+            "abandoned": len({r.subject_id for r in reminders}),
+            "reminders": len(reminders),
+            "rearmed": len(reminders) - len({r.subject_id for r in reminders}),
+            "converted": counts["carts.converted"],
+            "cleared": counts["carts.cleared"],
+            "suppressed": counts["carts.suppressed"],
+            "left_abandoned": counts["carts.abandoned"],
+            "active": counts["carts.active"],
+            "orders": sum(1 for r in rows if r.event_type_key == order_key),
+            "enqueued": len(rows),
+            "sent": by_status[Status.SENT.value],
+            "delivered": delivered,
+            "dead": by_status[Status.DEAD.value],
+            "superseded": by_status[Status.SUPERSEDED.value],
+            "pending": by_status[Status.PENDING.value] + by_status[Status.IN_FLIGHT.value],
+            "requests": len(answered),
+            "failed": failed,
+            "accepted": sum(accepted.values()),
+            "refused": refused,
+            "duplicates": duplicates,
+            "phantom": phantom,
+            "lost": unreceived + unknown_status + phantom,
+        }
+    )
+    return counts
 
 
-_LABELS: tuple[tuple[str, str], ...] = (
-    ("carts", "cart rows"),
-    ("abandoned", "carts with an abandoned_cart event queued"),
-    ("reminders", "abandoned_cart events (one per cart version)"),
-    ("rearmed", "extra reminders for carts changed after one"),
-    ("converted", "carts converted by an order"),
-    ("cleared", "carts emptied"),
-    ("suppressed", "carts due but not emitted (no email, or capped)"),
-    ("orders", "order events"),
-    ("enqueued", "outbox rows"),
-    ("delivered", "sent and received with the exact body"),
-    ("superseded", "dropped at send time (order, change, clear)"),
-    ("dead", "refused by the platform (dead letters, replayable)"),
-    ("pending", "still waiting to be sent"),
-    ("requests", "HTTP requests the receiver answered"),
-    ("duplicates", "extra copies received (at-least-once)"),
-    ("lost", "sent-but-never-received + unexplained"),
-)
+def types_in(counts: dict[str, int]) -> list[str]:
+    """The event types a count of :func:`count` has numbers for, in its order."""
+    return [key.removesuffix(".queued") for key in counts if key.endswith(".queued")]
+
+
+_STATES = ("active", "abandoned", "converted", "cleared", "completed", "suppressed")
 
 
 def _print_table(
@@ -505,16 +776,36 @@ def _print_table(
     lines = [f"shop-events simulation: {n} shoppers, seed {seed}, {elapsed} of shop time"]
     if faults:
         lines.append(
-            "  the receiver was told to fail now and then (500/503/429), refuse one event (400)"
-            " and reject the API key for a minute"
+            "  the receiver was told to fail now and then (500/503/429), refuse one request"
+            " (400) and reject the API key for a minute"
         )
-    width = max(len(k) for k, _ in _LABELS)
-    lines += [f"  {key:<{width}}  {counts[key]:>6}  {label}" for key, label in _LABELS]
+    types = types_in(counts)
+    width = max(len(t) for t in [*types, "registrations", "all events"])
+
+    def row(label: str, values: Iterable[object]) -> str:
+        return f"  {label:<{width}}" + "".join(f"{v!s:>11}" for v in values)
+
+    lines.append("")
+    lines.append(row("activity", ("rows", *_STATES)))
+    for name, _ in ACTIVITY:
+        lines.append(row(name, (counts[name], *(counts[f"{name}.{s}"] for s in _STATES))))
+    lines.append("")
+    lines.append(row("event type", MEASURES))
+    for kind in types:
+        lines.append(row(kind, (counts[f"{kind}.{m}"] for m in MEASURES)))
+    totals = ("enqueued", "delivered", "superseded", "dead", "pending", "lost")
+    lines.append(row("all events", (counts[k] for k in totals)))
+    lines.append("")
+    lines.append(
+        f"  {counts['requests']} requests answered, {counts['failed']} of them not 2xx"
+        f" (retried, or refused: {counts['refused']} dead letters);"
+        f" {counts['duplicates']} duplicates received (at-least-once)"
+    )
     balance = counts["delivered"] + counts["dead"] + counts["superseded"] + counts["pending"]
     verdict = "every event accounted for" if counts["lost"] == 0 else "EVENTS LOST"
     lines.append(
-        f"  {'':<{width}}  {'':>6}  {counts['enqueued']} enqueued = {balance} delivered + dead "
-        f"+ superseded + pending: {verdict}"
+        f"  {counts['enqueued']} enqueued = {balance} delivered + dead + superseded + pending;"
+        f" lost {counts['lost']} (sent but never received, or unexplained): {verdict}"
     )
     _write(out, lines)
 

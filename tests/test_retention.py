@@ -1,0 +1,209 @@
+"""Retention: finished activity and settled events older than ``retention.days`` are purged in
+batches; active activity, unsent events and dead letters stay (dead letters go only on request).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+from freezegun.api import FrozenDateTimeFactory
+from sqlalchemy import select
+
+from plugin import Item, Tracker, retention
+from plugin.demo.receiver import Receiver, Reply
+from plugin.models import browses, caps, carts, consent, orders, outbox, registrations
+from tests.conftest import SettingsFactory
+
+START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+ITEMS = [Item(name="Hair styler", price="341", url="https://shop.example/p/1")]
+BATCH = 2
+MONTH = timedelta(days=31)
+FAR_RETRY = str(60 * 86400)  # a Retry-After of 60 days keeps a row pending through the test
+
+
+@pytest.fixture
+def clock() -> Iterator[FrozenDateTimeFactory]:
+    with freeze_time(START) as frozen:
+        yield frozen
+
+
+@pytest.fixture
+def tracker(make_settings: SettingsFactory) -> Iterator[Tracker]:
+    made = Tracker(make_settings(retention={"batch": BATCH}))
+    made.migrate()
+    yield made
+    made.shutdown()
+    made.engine.dispose()
+
+
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every delete statement retention runs, as ``(table, rows deleted)``."""
+    seen: list[tuple[str, int]] = []
+    real = retention._delete_batch
+
+    def spy(conn: Any, target: retention.Target, conditions: Any, size: int) -> int:
+        deleted = real(conn, target, conditions, size)
+        seen.append((target.table.name, deleted))
+        return deleted
+
+    monkeypatch.setattr(retention, "_delete_batch", spy)
+    return seen
+
+
+def keys(tracker: Tracker, table: Any, column: str) -> set[Any]:
+    with tracker.engine.connect() as conn:
+        return set(conn.execute(select(table.c[column])).scalars())
+
+
+def outbox_by_status(tracker: Tracker) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    with tracker.engine.connect() as conn:
+        for row in conn.execute(select(outbox.c.status, outbox.c.event_type_key)):
+            out.setdefault(row.status, set()).add(row.event_type_key)
+    return out
+
+
+def old_history(tracker: Tracker, receiver: Receiver, clock: FrozenDateTimeFactory) -> None:
+    """A day of shop history: sent, superseded, dead and pending events, finished and active
+    carts, browses and registrations, orders and caps.
+    """
+    for n in range(5):
+        tracker.cart_updated(f"old-{n}", email=f"s{n}@example.com", items=ITEMS)
+    tracker.cart_updated("old-ordered", email="x@example.com", items=ITEMS)
+    tracker.product_viewed(email="b0@example.com", item=ITEMS[0])
+    tracker.product_viewed(email="b1@example.com", item=ITEMS[0])
+    tracker.registration_started("r0@example.com")
+    tracker.registration_started("r1@example.com")
+    tracker.opted_out("gone@example.com")
+    clock.tick(timedelta(minutes=1))
+    tracker.registration_completed("r0@example.com")
+    tracker.order_placed("order-b1", email="b1@example.com", items=ITEMS)  # converts b1
+    clock.tick(timedelta(hours=25))
+    assert tracker.scan().by_flow == {"cart": 6, "browse": 1, "registration": 1}
+    tracker.order_placed("order-x", email="x@example.com", items=ITEMS)  # supersedes old-ordered
+    result = tracker.dispatch()
+    assert (result.sent, result.superseded) == (9, 1)
+
+    receiver.script(Reply(400, "The event should have the following params: [phone]"))
+    tracker.custom_event("will_die", key_value="d@example.com")
+    assert tracker.dispatch().dead == 1
+    receiver.script(Reply(500, "down", headers={"Retry-After": FAR_RETRY}))
+    tracker.custom_event("still_pending", key_value="p@example.com")
+    assert tracker.dispatch().retried == 1
+
+    tracker.cart_updated("old-active", email="a@example.com", items=ITEMS)  # never scanned
+    tracker.product_viewed(email="a@example.com", item=ITEMS[0])
+    tracker.registration_started("a@example.com")
+
+
+def test_purge_deletes_old_finished_rows_in_batches_and_keeps_the_rest(
+    tracker: Tracker,
+    receiver: Receiver,
+    clock: FrozenDateTimeFactory,
+    batches: list[tuple[str, int]],
+) -> None:
+    old_history(tracker, receiver, clock)
+    clock.move_to(START + timedelta(days=30))  # the oldest rows are exactly 30 days old
+    assert set(tracker.purge().values()) == {0}
+
+    clock.tick(MONTH)
+    tracker.cart_updated("fresh", email="f@example.com", items=ITEMS)
+    tracker.order_placed("order-fresh", email="f@example.com", items=ITEMS)
+    batches.clear()
+    counts = tracker.purge()
+
+    assert counts == {
+        "shop_events_outbox": 10,  # 9 sent + 1 superseded
+        "shop_events_carts": 6,  # 5 abandoned + 1 converted
+        "shop_events_browses": 2,  # 1 abandoned + 1 converted
+        "shop_events_registrations": 2,  # 1 abandoned + 1 completed
+        "shop_events_orders": 2,
+        "shop_events_caps": 7,  # 5 carts, 1 browse, 1 registration
+    }
+    assert outbox_by_status(tracker) == {
+        "dead": {"will_die"},
+        "pending": {"still_pending", "orderCreated"},  # the fresh order's event
+    }
+    assert keys(tracker, carts, "cart_id") == {"old-active", "fresh"}
+    assert keys(tracker, browses, "browse_key") == {"e:a@example.com"}
+    assert keys(tracker, registrations, "email") == {"a@example.com"}
+    assert keys(tracker, orders, "order_id") == {"order-fresh"}
+    assert keys(tracker, caps, "contact") == set()
+    assert keys(tracker, consent, "email") == {"gone@example.com"}  # consent is never purged
+
+    # in batches of retention.batch rows: no long transaction on a big table
+    assert batches, "retention deleted nothing through _delete_batch"
+    assert max(n for _, n in batches) <= BATCH, batches
+    per_table = {name: sum(1 for t, _ in batches if t == name) for name, _ in batches}
+    assert per_table["shop_events_outbox"] == 10 // BATCH + 1
+    assert per_table["shop_events_caps"] == 7 // BATCH + 1
+    assert all(tracker.purge()[name] == 0 for name in counts)  # nothing more to do
+
+
+def test_dead_letters_go_only_when_asked(
+    tracker: Tracker, receiver: Receiver, clock: FrozenDateTimeFactory
+) -> None:
+    old_history(tracker, receiver, clock)
+    clock.tick(MONTH)
+    tracker.purge()
+    assert "dead" in outbox_by_status(tracker)
+    counts = tracker.purge(dead_letters=True)
+    assert counts["shop_events_outbox"] == 1
+    assert outbox_by_status(tracker) == {"pending": {"still_pending"}}
+
+
+def test_older_than_overrides_retention_days(
+    tracker: Tracker, receiver: Receiver, clock: FrozenDateTimeFactory
+) -> None:
+    old_history(tracker, receiver, clock)
+    clock.tick(timedelta(days=2))
+    assert tracker.purge()["shop_events_outbox"] == 0
+    assert tracker.purge(older_than=timedelta(days=1))["shop_events_outbox"] == 10
+
+
+def test_retention_days_is_configurable(
+    make_settings: SettingsFactory, receiver: Receiver, clock: FrozenDateTimeFactory
+) -> None:
+    tracker = Tracker(make_settings(retention={"days": 7}))
+    tracker.migrate()
+    try:
+        tracker.custom_event("wishlist", key_value="w@example.com")
+        tracker.dispatch()
+        clock.tick(timedelta(days=7) - timedelta(seconds=1))
+        assert tracker.purge()["shop_events_outbox"] == 0
+        clock.tick(timedelta(seconds=2))
+        assert tracker.purge()["shop_events_outbox"] == 1
+    finally:
+        tracker.shutdown()
+        tracker.engine.dispose()
+
+
+def test_the_scheduler_runs_retention_at_its_interval(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = threading.Event()
+
+    def purge(self: Tracker, *args: Any, **kwargs: Any) -> dict[str, int]:
+        ran.set()
+        return {}
+
+    monkeypatch.setattr(Tracker, "purge", purge)
+    settings = make_settings(scheduler={"enabled": True}, retention={"interval": "2h"})
+    tracker = Tracker(settings)
+    tracker.migrate()
+    try:
+        tracker.start()
+        assert ran.wait(10), "the retention job did not run when the scheduler started"
+        running: Callable[[], Any] = tracker.scheduler._scheduler.get_jobs  # type: ignore[union-attr]
+        jobs = {job.id: job for job in running()}
+        assert set(jobs) == {"shop-events-scan", "shop-events-dispatch", "shop-events-retention"}
+        assert jobs["shop-events-retention"].trigger.interval == timedelta(hours=2)
+    finally:
+        tracker.shutdown()
+        tracker.engine.dispose()
