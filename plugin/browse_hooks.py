@@ -9,7 +9,14 @@ from sqlalchemy.orm import Session
 
 from plugin.db import upsert
 from plugin.hooks import Hooks, StorageError
-from plugin.identity import MAX_RETRIES, email_key, link_visitor, merge_views, visitor_key
+from plugin.identity import (
+    MAX_RETRIES,
+    email_key,
+    known_email,
+    link_visitor,
+    merge_views,
+    visitor_key,
+)
 from plugin.items import Item, canonical_item
 from plugin.models import CartState, browses
 from plugin.validation import ValidationError, check_email, check_host_id, dump_json
@@ -40,13 +47,15 @@ class BrowseHooks(Hooks):
         viewed = canonical_item(item, "item")
         if self._bot("product_viewed", user_agent, contact):
             return
-        key = email_key(contact) if contact else visitor_key(str(visitor))
         limit = self.settings.abandoned_browse.max_items
         now = self.clock()
 
         def write(conn: Connection) -> None:
             if contact and visitor:
                 link_visitor(conn, self.settings, visitor, contact, now)
+            # a visitor identified earlier keeps browsing as that contact
+            email = contact or known_email(conn, str(visitor))
+            key = email_key(email) if email else visitor_key(str(visitor))
             for _ in range(MAX_RETRIES):
                 row = conn.execute(select(browses).where(browses.c.browse_key == key)).first()
                 if row is None:
@@ -54,7 +63,7 @@ class BrowseHooks(Hooks):
                         upsert(conn, browses)
                         .values(
                             browse_key=key,
-                            email=contact,
+                            email=email,
                             visitor_id=visitor,
                             items=_dump([viewed]),
                             version=1,

@@ -11,8 +11,9 @@ from typing import Any
 from sqlalchemy import Connection, case, delete, insert, select, update
 
 from plugin.config import Settings
+from plugin.db import upsert
 from plugin.items import CanonicalItem
-from plugin.models import CartState, browses, carts
+from plugin.models import CartState, browses, carts, visitors
 from plugin.validation import dump_json
 
 OPEN_STATES = (CartState.ACTIVE.value, CartState.ABANDONED.value, CartState.SUPPRESSED.value)
@@ -48,10 +49,26 @@ def merge_views(
     return merged[:limit]
 
 
+def known_email(conn: Connection, visitor_id: str) -> str | None:
+    """The contact this visitor was identified as, if any."""
+    found: str | None = conn.execute(
+        select(visitors.c.email).where(visitors.c.visitor_id == visitor_id)
+    ).scalar()
+    return found
+
+
 def link_visitor(
     conn: Connection, settings: Settings, visitor_id: str, email: str, now: datetime
 ) -> None:
-    """Give the visitor's anonymous carts the email, and move its views to the email's browse."""
+    """Remember who the visitor is, give their anonymous carts the email, and move their
+    views to the email's browse.
+    """
+    remembered = upsert(conn, visitors).values(visitor_id=visitor_id, email=email, updated_at=now)
+    conn.execute(
+        remembered.on_conflict_do_update(
+            index_elements=[visitors.c.visitor_id], set_={"email": email, "updated_at": now}
+        )
+    )
     reachable = (carts.c.state == CartState.SUPPRESSED.value) & (
         carts.c.skip_reason == "no_contact"
     )

@@ -139,6 +139,15 @@ orders = Table(
 )
 """Orders seen, so a later status change knows its contact and products."""
 
+visitors = Table(
+    "shop_events_visitors",
+    metadata,
+    Column("visitor_id", String(255), primary_key=True),
+    Column("email", String(254), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+"""Which contact an anonymous visitor id turned out to be (``identify``)."""
+
 consent = Table(
     "shop_events_consent",
     metadata,

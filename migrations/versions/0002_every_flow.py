@@ -1,4 +1,4 @@
-"""Browses, registrations, orders and consent; carts remember their visitor.
+"""Browses, registrations, orders, visitors and consent; carts remember their visitor.
 
 Revision ID: 0002
 Revises: 0001
@@ -73,6 +73,14 @@ def upgrade() -> None:
     op.create_index("ix_shop_events_orders_updated", "shop_events_orders", ["updated_at"])
 
     op.create_table(
+        "shop_events_visitors",
+        sa.Column("visitor_id", sa.String(255), nullable=False),
+        sa.Column("email", sa.String(254), nullable=False),
+        _utc("updated_at"),
+        sa.PrimaryKeyConstraint("visitor_id", name="pk_shop_events_visitors"),
+    )
+
+    op.create_table(
         "shop_events_consent",
         sa.Column("email", sa.String(254), nullable=False),
         sa.Column("opted_out", sa.Boolean(), nullable=False),
@@ -83,6 +91,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("shop_events_consent")
+    op.drop_table("shop_events_visitors")
     op.drop_table("shop_events_orders")
     op.drop_table("shop_events_registrations")
     op.drop_table("shop_events_browses")
