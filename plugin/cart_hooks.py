@@ -7,12 +7,13 @@ import hashlib
 import json
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Executable,
     bindparam,
     case,
     func,
-    literal,
+    literal_column,
     null,
     or_,
     update,
@@ -122,11 +123,11 @@ def _cart_upsert(dialect: str) -> Executable:
     insert = (postgresql if dialect == "postgresql" else sqlite).insert(carts)
     now = bindparam("now", type_=UTCDateTime)
     # constants are written into the SQL, so each call binds only the cart's own values
-    active = literal(CartState.ACTIVE.value, literal_execute=True)
+    active: ColumnElement[str] = literal_column(f"'{CartState.ACTIVE.value}'")
     stmt = insert.values(
         {
             **{name: bindparam(name) for name in _CART_PARAMS},
-            "version": literal(1, literal_execute=True),
+            "version": literal_column("1"),
             "state": active,
             "skip_reason": null(),
             "last_activity_at": now,
@@ -135,7 +136,7 @@ def _cart_upsert(dialect: str) -> Executable:
     )
     new = stmt.excluded
     changed = carts.c.content_hash != new.content_hash
-    no_contact = literal("no_contact", literal_execute=True)
+    no_contact: ColumnElement[str] = literal_column("'no_contact'")
     newly_reachable = (carts.c.skip_reason == no_contact) & new.email.is_not(None)
     rearm = or_(changed, carts.c.state == active, newly_reachable)
     upserted: Executable = stmt.on_conflict_do_update(
@@ -148,7 +149,7 @@ def _cart_upsert(dialect: str) -> Executable:
             "restore_url": func.coalesce(new.restore_url, carts.c.restore_url),
             "content_hash": new.content_hash,
             "version": case(
-                (changed, carts.c.version + literal(1, literal_execute=True)),
+                (changed, carts.c.version + literal_column("1")),
                 else_=carts.c.version,
             ),
             "state": case((rearm, active), else_=carts.c.state),
