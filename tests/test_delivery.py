@@ -181,8 +181,11 @@ def test_server_error_then_success_delivers_once_in_two_attempts(
 
 
 def test_429_retry_after_is_honoured(
-    tracker: Tracker, receiver: Receiver, clock: FrozenDateTimeFactory
+    make_settings: SettingsFactory, receiver: Receiver, clock: FrozenDateTimeFactory
 ) -> None:
+    # the transport also holds the whole process back, in real time, for up to api.timeout
+    tracker = Tracker(make_settings(api={"timeout": "1s", "connect_timeout": "1s"}))
+    tracker.migrate()
     receiver.script(Reply(429, "Too many requests", headers={"Retry-After": "120"}))
     abandon(tracker)
     clock.tick(timedelta(hours=1))
