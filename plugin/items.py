@@ -8,6 +8,7 @@ settings only when an event is built, so renaming a field applies to everything 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -202,3 +203,19 @@ def items_total(items: Sequence[CanonicalItem]) -> str:
         (Decimal(item["price"]) * int(item.get("quantity", "1")) for item in items), Decimal(0)
     )
     return format(total, "f")
+
+
+def item_rows(value: Any) -> list[dict[str, Any]] | None:
+    """The products in an ``items`` param as sent: a v1 JSON string or a v2 object, holding
+    ``{"array": [...]}`` or a bare list; None when the value is not such a list of objects.
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, dict) and isinstance(value.get("array"), list):
+        value = value["array"]
+    if isinstance(value, list) and all(isinstance(row, dict) for row in value):
+        return value
+    return None

@@ -52,6 +52,7 @@ from plugin import pause
 from plugin.bots import is_bot
 from plugin.clock import Clock
 from plugin.config import ConfigError, Settings, WebSettings, format_duration
+from plugin.items import item_rows
 from plugin.models import CartState, Status, browses, carts, outbox, registrations
 from plugin.tracker import StorageError, Tracker
 from plugin.validation import ValidationError
@@ -519,20 +520,7 @@ def _items_of(body_text: str, param: str) -> list[dict[str, Any]] | None:
         return None
     for entry in body.get("params") or []:
         if isinstance(entry, dict) and entry.get("name") == param:
-            return _rows(entry.get("value"))
-    return None
-
-
-def _rows(value: Any) -> list[dict[str, Any]] | None:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
-    if isinstance(value, dict) and isinstance(value.get("array"), list):
-        value = value["array"]
-    if isinstance(value, list) and all(isinstance(row, dict) for row in value):
-        return value
+            return item_rows(entry.get("value"))
     return None
 
 
@@ -642,7 +630,7 @@ def _event_page(event_id: int, **extra: Any) -> str:
         if not isinstance(entry, dict):
             continue
         name, value = str(entry.get("name")), entry.get("value")
-        rows = _rows(value) if name == settings.items.param else None
+        rows = item_rows(value) if name == settings.items.param else None
         if rows is not None:
             tables.append({"name": name, **_table(rows, settings)})
         else:

@@ -29,6 +29,8 @@ from typing import Any, Self
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from plugin.items import item_rows
+
 EVENT_TYPE_KEY_MAX = 100
 KEY_VALUE_MAX = 300
 PARAM_NAME_MAX = 100
@@ -275,8 +277,7 @@ class Receiver:
     def items(event: dict[str, Any], name: str = "items") -> list[dict[str, Any]]:
         """The products of an event's ``items`` param, deserialized (v1 string or v2 object)."""
         value = Receiver.params(event).get(name)
-        rows = _table_rows(value)
-        return rows if rows is not None else []
+        return item_rows(value) or []
 
     # ------------------------------------------------------------------- serving
 
@@ -550,20 +551,6 @@ def _check_orders(raw: bytes, parsed: Any, max_bytes: int) -> list[dict[str, Any
 # ------------------------------------------------------------------------- history page
 
 
-def _table_rows(value: Any) -> list[dict[str, Any]] | None:
-    """Products from a param value: v1 JSON string or v2 object, ``{"array": [...]}`` or a list."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
-    if isinstance(value, dict) and isinstance(value.get("array"), list):
-        value = value["array"]
-    if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
-        return value
-    return None
-
-
 def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     seen: dict[str, None] = {}
     for row in rows:
@@ -585,7 +572,7 @@ def _history_entry(accepted: _Accepted) -> dict[str, Any]:
     tables = []
     others = []
     for name, value in Receiver.params(body).items():
-        rows = _table_rows(value)
+        rows = item_rows(value) or None
         if rows is None:
             others.append((name, _cell(value)))
             continue
