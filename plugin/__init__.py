@@ -6,12 +6,17 @@ __version__ = "0.1.0"
 
 from plugin.config import ConfigError, Settings
 from plugin.items import Item
+from plugin.orm import CaptureModels, CartMapping, CustomerMapping, OrderMapping
 from plugin.tracker import StorageError, Tracker
 from plugin.validation import ValidationError
 
 __all__ = [
+    "CaptureModels",
+    "CartMapping",
     "ConfigError",
+    "CustomerMapping",
     "Item",
+    "OrderMapping",
     "Settings",
     "ShopEvents",
     "StorageError",
