@@ -113,15 +113,18 @@ class Dispatcher:
         result = DispatchResult(claimed=len(claimed), full=len(claimed) == limit)
         if not claimed:
             return result
+        with self._engine.begin() as conn:
+            wanted = self._screen(conn, claimed, result)
+        refused = threading.Event()  # a 401/403 in this batch: the rest is not tried
         lock = threading.Lock()
 
         def deliver(job: list[outbox.Claimed]) -> None:
-            outcomes = self._deliver(job)
+            outcomes = self._deliver(job, refused)
             with lock:
                 for outcome in outcomes:
                     setattr(result, outcome, getattr(result, outcome) + 1)
 
-        jobs = self._jobs(claimed)
+        jobs = self._jobs(wanted)
         if len(jobs) == 1 or delivery.threads == 1:
             for job in jobs:
                 deliver(job)
@@ -168,38 +171,50 @@ class Dispatcher:
             self._pool = None
         self._transport.close()
 
-    def _deliver(self, job: list[outbox.Claimed]) -> list[str]:
-        """Send claimed rows as one request and settle each; returns the counters to bump."""
-        outcomes: list[str] = []
-        wanted: list[outbox.Claimed] = []
+    def _screen(
+        self, conn: Connection, claimed: list[outbox.Claimed], result: DispatchResult
+    ) -> list[outbox.Claimed]:
+        """The claimed rows still to send, checked in one transaction for the whole batch:
+        on shutdown or pause the rest go back unsent, and events no longer wanted (an order,
+        a change, an opt-out since they were queued) are superseded.
+        """
+        if self.stopping.is_set() or self._paused(conn):
+            now = self._clock()
+            result.released += sum(outbox.release(conn, row, now) for row in claimed)
+            return []
+        wanted = []
+        for row in claimed:
+            reason = unwanted(
+                conn,
+                self._settings,
+                row.subject_type,
+                row.subject_id,
+                row.subject_version,
+                row.key_value,
+            )
+            if not reason:
+                wanted.append(row)
+            elif outbox.settle(conn, row, Status.SUPERSEDED, last_error=reason):
+                caps.give_back(conn, row.event_type_key, row.key_value, row.created_at)
+                log.info("event %d (%s) superseded: %s", row.id, row.event_type_key, reason)
+                result.superseded += 1
+            else:
+                result.lost_lease += 1
+        return wanted
+
+    def _deliver(self, job: list[outbox.Claimed], refused: threading.Event) -> list[str]:
+        """Send rows as one request and settle each; returns the counters to bump."""
+        if self.stopping.is_set() or refused.is_set():
+            with self._engine.begin() as conn:
+                now = self._clock()
+                return [
+                    "released" if outbox.release(conn, row, now) else "lost_lease" for row in job
+                ]
+        sent = self._transport.send(job[0].api_path, _request_body(job), self.stopping)
+        if sent.outcome is Outcome.AUTH:
+            refused.set()
         with self._engine.begin() as conn:
-            for row in job:
-                if self.stopping.is_set() or self._paused(conn):
-                    outbox.release(conn, row, self._clock())
-                    outcomes.append("released")
-                    continue
-                reason = unwanted(
-                    conn,
-                    self._settings,
-                    row.subject_type,
-                    row.subject_id,
-                    row.subject_version,
-                    row.key_value,
-                )
-                if not reason:
-                    wanted.append(row)
-                elif outbox.settle(conn, row, Status.SUPERSEDED, last_error=reason):
-                    caps.give_back(conn, row.event_type_key, row.key_value, row.created_at)
-                    log.info("event %d (%s) superseded: %s", row.id, row.event_type_key, reason)
-                    outcomes.append("superseded")
-                else:
-                    outcomes.append("lost_lease")
-        if not wanted:
-            return outcomes
-        sent = self._transport.send(wanted[0].api_path, _request_body(wanted), self.stopping)
-        with self._engine.begin() as conn:
-            outcomes += [self._settle(conn, row, sent) for row in wanted]
-        return outcomes
+            return [self._settle(conn, row, sent) for row in job]
 
     def _paused(self, conn: Connection) -> bool:
         current = pause.current(conn)
