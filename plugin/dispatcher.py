@@ -13,7 +13,8 @@ import logging
 import os
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from sqlalchemy import Connection, Engine, text
 
@@ -28,6 +29,8 @@ from plugin.validation import encode_body
 log = logging.getLogger(__name__)
 
 ORDERS_API_PATH = "v1/orders"
+Sent = tuple[list[outbox.Claimed], Result | None]
+"""A job and its outcome (None: not tried)."""
 
 MAX_BATCHES_PER_DRAIN = 50
 
@@ -116,20 +119,26 @@ class Dispatcher:
         with self._engine.begin() as conn:
             wanted = self._screen(conn, claimed, result)
         refused = threading.Event()  # a 401/403 in this batch: the rest is not tried
-        lock = threading.Lock()
 
-        def deliver(job: list[outbox.Claimed]) -> None:
-            outcomes = self._deliver(job, refused)
-            with lock:
-                for outcome in outcomes:
-                    setattr(result, outcome, getattr(result, outcome) + 1)
+        def send(job: list[outbox.Claimed]) -> Sent:
+            return job, self._send(job, refused)
 
         jobs = self._jobs(wanted)
         if len(jobs) == 1 or delivery.threads == 1:
-            for job in jobs:
-                deliver(job)
+            finished: Iterable[Sent] = map(send, jobs)
         else:
-            list(self._executor().map(deliver, jobs))
+            pool = self._executor()
+            finished = (f.result() for f in as_completed([pool.submit(send, j) for j in jobs]))
+        # Settled in small groups as they finish: one write transaction per group, not per
+        # event, while a finished send waits at most for a few others before it is recorded.
+        group: list[Sent] = []
+        for done in finished:
+            group.append(done)
+            if len(group) >= delivery.threads:
+                self._settle_group(group, result)
+                group = []
+        if group:
+            self._settle_group(group, result)
         return result
 
     def _jobs(self, claimed: list[outbox.Claimed]) -> list[list[outbox.Claimed]]:
@@ -202,19 +211,26 @@ class Dispatcher:
                 result.lost_lease += 1
         return wanted
 
-    def _deliver(self, job: list[outbox.Claimed], refused: threading.Event) -> list[str]:
-        """Send rows as one request and settle each; returns the counters to bump."""
+    def _send(self, job: list[outbox.Claimed], refused: threading.Event) -> Result | None:
+        """Send rows as one request; None when they are not tried (shutdown, bad key)."""
         if self.stopping.is_set() or refused.is_set():
-            with self._engine.begin() as conn:
-                now = self._clock()
-                return [
-                    "released" if outbox.release(conn, row, now) else "lost_lease" for row in job
-                ]
+            return None
         sent = self._transport.send(job[0].api_path, _request_body(job), self.stopping)
         if sent.outcome is Outcome.AUTH:
             refused.set()
+        return sent
+
+    def _settle_group(self, group: list[Sent], result: DispatchResult) -> None:
+        """Record finished sends in one transaction; rows not tried go back unsent."""
         with self._engine.begin() as conn:
-            return [self._settle(conn, row, sent) for row in job]
+            now = self._clock()
+            for job, sent in group:
+                for row in job:
+                    if sent is None:
+                        outcome = "released" if outbox.release(conn, row, now) else "lost_lease"
+                    else:
+                        outcome = self._settle(conn, row, sent)
+                    setattr(result, outcome, getattr(result, outcome) + 1)
 
     def _paused(self, conn: Connection) -> bool:
         current = pause.current(conn)
