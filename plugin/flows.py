@@ -7,6 +7,7 @@ queued for that version) or ``suppressed`` (nothing to send: no contact, opted o
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 from collections.abc import Iterable
@@ -28,7 +29,7 @@ MARKETING_SUBJECTS = frozenset({"cart", "browse", "registration", "marketing"})
 
 
 @dataclasses.dataclass(frozen=True)
-class Flow:
+class Flow(abc.ABC):
     """One abandonment flow; subclasses say what its event holds and what cancels it."""
 
     subject: str
@@ -45,9 +46,9 @@ class Flow:
         """Why this due row must not be emitted although it is still active ('' if none)."""
         return ""
 
+    @abc.abstractmethod
     def event(self, row: Row) -> NewEvent:
         """The event for this row at its current version."""
-        raise NotImplementedError  # pragma: no cover - every flow defines it
 
     def new_event(self, row: Row, body: str) -> NewEvent:
         """Wrap a finished body with this flow's dedupe key and subject."""

@@ -296,7 +296,7 @@ class Receiver:
                 super().finish()
 
             def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-                pass  # the history page and `requests` are the log
+                """Quiet: the history page and ``requests`` are the log."""
 
         return Handler
 
