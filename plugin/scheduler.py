@@ -22,6 +22,23 @@ from plugin.config import SchedulerSettings
 log = logging.getLogger(__name__)
 
 
+class _SkippedRunsAreNormal(logging.Filter):
+    """A dispatch pass still draining a backlog when the next one is due is expected: APScheduler
+    warns about it once per interval (every second, for hours, during a big backlog); here it is
+    a DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "maximum number of running instances reached" not in str(record.msg):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+# Our own child of APScheduler's logger, so the filter touches no other scheduler in the host.
+_apscheduler_log = logging.getLogger("apscheduler.scheduler.shop_events")
+_apscheduler_log.addFilter(_SkippedRunsAreNormal())
+
+
 class Scheduler:
     """Runs ``scan`` every ``scan_interval`` and ``dispatch`` every ``dispatch_interval``."""
 
@@ -62,7 +79,7 @@ class Scheduler:
             self._wanted = True
             if self.running:
                 return
-            scheduler = BackgroundScheduler(timezone=UTC, daemon=True)
+            scheduler = BackgroundScheduler(timezone=UTC, daemon=True, logger=_apscheduler_log)
             for name, (job, interval) in self._jobs.items():
                 scheduler.add_job(
                     self._guarded(name, job),

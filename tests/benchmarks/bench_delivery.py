@@ -646,9 +646,11 @@ def section_workers(quick: bool, server: str | None) -> list[Figure]:
     return figures
 
 
-def section_memory(backlogs: Sequence[int], server: str | None) -> list[Figure]:
+def section_memory(
+    backlogs: Sequence[int], server: str | None, engines: Sequence[str]
+) -> list[Figure]:
     figures = []
-    kinds = ["sqlite"] + (["postgresql"] if server else [])
+    kinds = [k for k in engines if k == "sqlite" or (k == "postgresql" and server)]
     for kind in kinds:
         for backlog in backlogs:
             figure, run = one_run_lean("memory", kind, server, backlog, 1, 8, 200, 0.0)
@@ -707,6 +709,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="backlog sizes of the memory section",
     )
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        choices=["sqlite", "postgresql"],
+        default=["sqlite", "postgresql"],
+        help="databases of the memory section",
+    )
     parser.add_argument("--quick", action="store_true", help="small runs of every section")
     args = parser.parse_args(argv)
     backlogs = [20_000] if args.quick else args.backlogs
@@ -727,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "workers" in args.sections:
             figures += section_workers(args.quick, server)
         if "memory" in args.sections:
-            figures += section_memory(backlogs, server)
+            figures += section_memory(backlogs, server, args.engines)
     print("\nsection | setting | events | events/s | exactly once | peak RSS MB | note")
     for f in figures:
         print(

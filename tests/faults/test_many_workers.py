@@ -85,6 +85,8 @@ def test_four_workers_deliver_every_event_exactly_once(
     assert arrived, f"{receiver.arrived} of {expected} arrived\n{workers.outputs()}"
     assert settled, f"statuses {status_counts(shop.engine)}"
     assert all(code == 0 for code, _ in stopped), workers.outputs()
+    # a dispatch pass outlasting its interval is normal while draining: no warning per second
+    assert "maximum number of running instances" not in workers.outputs()
     assert result.created == expected
     assert result.lost == 0
     assert result.delivered_twice == 0
