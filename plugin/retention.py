@@ -84,12 +84,18 @@ def purge(
     *,
     older_than: timedelta | None = None,
     dead_letters: bool = False,
+    keep_caps_for: timedelta = timedelta(0),
 ) -> dict[str, int]:
-    """Delete what is older than ``older_than`` (default ``retention.days``); counts by table."""
-    cutoff = now - (older_than if older_than is not None else timedelta(days=settings.days))
+    """Delete what is older than ``older_than`` (default ``retention.days``); counts by table.
+
+    A frequency cap is kept at least ``keep_caps_for`` (the longest ``contact_interval``), or
+    purging would let a contact be reminded again too early.
+    """
+    age = older_than if older_than is not None else timedelta(days=settings.days)
     counts: dict[str, int] = {}
     for target in targets(dead_letters):
-        conditions: list[ColumnElement[bool]] = [target.age < cutoff]
+        kept = max(age, keep_caps_for) if target.table is caps else age
+        conditions: list[ColumnElement[bool]] = [target.age < now - kept]
         if target.finished is not None and target.state is not None:
             conditions.append(target.state.in_(target.finished))
         total = 0

@@ -119,12 +119,18 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         """Delete finished activity and sent events older than ``retention.days`` (or
         ``older_than``); dead letters only with ``dead_letters``. Returns counts by table.
         """
+        flows = (
+            self.settings.abandoned_cart,
+            self.settings.abandoned_browse,
+            self.settings.unfinished_registration,
+        )
         counts = purge(
             self.engine,
             self.settings.retention,
             self.clock(),
             older_than=older_than,
             dead_letters=dead_letters,
+            keep_caps_for=max(flow.contact_interval for flow in flows),
         )
         if any(counts.values()):
             log.info("retention: deleted %s", {k: v for k, v in counts.items() if v})

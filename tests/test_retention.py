@@ -207,3 +207,28 @@ def test_the_scheduler_runs_retention_at_its_interval(
     finally:
         tracker.shutdown()
         tracker.engine.dispose()
+
+
+def test_purge_keeps_frequency_caps_for_the_longest_contact_interval(
+    make_settings: Any,
+) -> None:
+    """A short ``older_than`` must not let a contact be reminded again inside its interval."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import func, select
+
+    from plugin import Tracker, caps
+    from plugin.models import caps as caps_table
+
+    settings = make_settings(abandoned_browse={"contact_interval": "7d"})
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    tracker = Tracker(settings, clock=lambda: now)
+    tracker.migrate()
+    with tracker.engine.begin() as conn:
+        for contact, days in (("a@example.com", 3), ("b@example.com", 8)):
+            caps.take(conn, "abandoned_browse", contact, now - timedelta(days=days), timedelta(1))
+    tracker.purge(older_than=timedelta(days=1))
+    with tracker.engine.connect() as conn:
+        left = conn.execute(select(caps_table.c.contact)).scalars().all()
+        assert conn.execute(select(func.count()).select_from(caps_table)).scalar() == 1
+    assert left == ["a@example.com"]
