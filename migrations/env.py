@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
+from shop_events.storage.migrate import VERSION_TABLE
+from shop_events.storage.tables import metadata
 from sqlalchemy import Connection, create_engine
-
-from plugin.migrate import VERSION_TABLE
-from plugin.models import metadata
 
 config = context.config
 
@@ -24,7 +23,7 @@ def _run(connection: Connection) -> None:
 
 
 def run_migrations_online() -> None:
-    """Use the connection handed over by ``plugin.migrate``, or ``sqlalchemy.url``."""
+    """Use the connection handed over by ``shop_events.storage.migrate``, or ``sqlalchemy.url``."""
     connection = config.attributes.get("connection")
     if connection is not None:
         _run(connection)

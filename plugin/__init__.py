@@ -1,14 +1,27 @@
-"""shop-events: shop activity → abandoned carts, orders and contacts → Generate event API calls."""
+"""shop-events: shop activity → abandoned carts, orders and contacts → Generate event API calls.
+
+The one import line a shop writes::
+
+    from shop_events import ShopEvents, capture_models, CartMapping, OrderMapping, \
+        CustomerMapping, Item, Tracker, Settings, ValidationError
+
+``ShopEvents`` and ``capture_models`` import Flask, so they load on first use: ``import
+shop_events`` alone never imports Flask.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
 
-from plugin.config import ConfigError, Settings
-from plugin.items import Item
-from plugin.orm import CaptureModels, CartMapping, CustomerMapping, OrderMapping
-from plugin.tracker import StorageError, Tracker
-from plugin.validation import ValidationError
+from .config import Settings
+from .errors import ConfigError, StorageError, ValidationError
+from .integrations.models import CaptureModels, CartMapping, CustomerMapping, OrderMapping
+from .payload.items import Item
+from .tracker import Tracker
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .integrations.flask import ShopEvents, capture_models
 
 __all__ = [
     "CaptureModels",
@@ -23,13 +36,16 @@ __all__ = [
     "Tracker",
     "ValidationError",
     "__version__",
+    "capture_models",
 ]
 
+_FLASK_NAMES = frozenset({"ShopEvents", "capture_models"})
 
-def __getattr__(name: str) -> object:
-    # ShopEvents imports Flask; only Flask shops pay for that import.
-    if name == "ShopEvents":
-        from plugin.flask_ext import ShopEvents
 
-        return ShopEvents
-    raise AttributeError(f"module 'plugin' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    # Only Flask shops pay for importing Flask.
+    if name in _FLASK_NAMES:
+        from .integrations import flask
+
+        return getattr(flask, name)
+    raise AttributeError(f"module 'shop_events' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The ``shop-events`` command and the ``flask shop-events`` group: a thin layer over the tracker.
 
-Every command works on a :class:`~plugin.tracker.Tracker`: built from ``--config`` (or
+Every command works on a :class:`~shop_events.tracker.Tracker`: built from ``--config`` (or
 ``SHOP_EVENTS_CONFIG``) and the environment for ``shop-events``, taken from the app for
 ``flask shop-events``.
 """
@@ -20,17 +20,12 @@ import click
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from plugin import outbox, pause
-from plugin.config import (
-    CONFIG_PATH_ENV,
-    ConfigError,
-    Settings,
-    format_duration,
-    parse_duration,
-)
-from plugin.models import Status
-from plugin.models import outbox as outbox_table
-from plugin.tracker import Tracker
+from .config import CONFIG_PATH_ENV, Settings, format_duration, parse_duration
+from .errors import ConfigError
+from .storage import outbox, pause
+from .storage.enums import OutboxStatus
+from .storage.tables import outbox as outbox_table
+from .tracker import Tracker
 
 TrackerFactory = Callable[[], Tracker]
 WORKER_WAKE = 1.0
@@ -75,14 +70,14 @@ def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("plugin").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("shop_events").setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = _Factory(lambda: Tracker(load_settings(config)))
 
 
 @click.command()
 def migrate() -> None:
     """Create or upgrade the plugin's tables."""
-    from plugin.migrate import current_revision
+    from .storage.migrate import current_revision
 
     tracker = _tracker()
     tracker.migrate()
@@ -193,7 +188,7 @@ def send_test(email: str, event_type: str) -> None:
                 outbox_table.c.status, outbox_table.c.response_status, outbox_table.c.last_error
             ).where(outbox_table.c.dedupe_key == key)
         ).one()
-    if row.status == Status.SENT.value:
+    if row.status == OutboxStatus.SENT.value:
         click.echo(f"sent: HTTP {row.response_status}; look for '{event_type}' in Event history")
         return
     raise click.ClickException(f"not sent ({row.status}): {row.last_error or 'delivery is paused'}")
@@ -301,7 +296,7 @@ def preview(
     indexes past the array's end) go to standard error as FILE:LINE:COLUMN; the exit status
     is 1 when there are any.
     """
-    from plugin.preview import PreviewError, load_body, render
+    from .preview import PreviewError, load_body, render
 
     try:
         import airspeed  # noqa: F401
@@ -353,17 +348,17 @@ def preview(
 def demo(simulate: int | None, port: int, receiver_port: int) -> None:
     """A demo shop and a local event receiver (or a simulation of N shoppers)."""
     if simulate is not None:
-        from plugin.demo.simulate import simulate as run_simulation
+        from .demo.simulate import simulate as run_simulation
 
         run_simulation(simulate)
         return
-    from plugin.demo.run import run_demo
+    from .demo.run import run_demo
 
     run_demo(shop_port=port, receiver_port=receiver_port)
 
 
 def _require_migrated(tracker: Tracker) -> None:
-    from plugin.migrate import current_revision, head_revision
+    from .storage.migrate import current_revision, head_revision
 
     current, head = current_revision(tracker.engine), head_revision()
     if current != head:
@@ -397,7 +392,7 @@ def flask_group(ctx: click.Context) -> None:
     """shop-events commands for the app's tracker (registered by ShopEvents(app))."""
     from flask import current_app
 
-    from plugin.flask_ext import tracker_for
+    from .integrations.flask.extension import tracker_for
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     ctx.obj = _Factory(lambda: tracker_for(app))

@@ -19,17 +19,9 @@ from sqlalchemy import (
     tuple_,
 )
 
-from plugin.config import RetentionSettings
-from plugin.models import (
-    CartState,
-    Status,
-    browses,
-    caps,
-    carts,
-    orders,
-    outbox,
-    registrations,
-)
+from .config import RetentionSettings
+from .storage.enums import FlowState, OutboxStatus
+from .storage.tables import browses, caps, carts, orders, outbox, registrations
 
 MAX_BATCHES = 10_000
 
@@ -49,16 +41,16 @@ class Target:
 def targets(dead_letters: bool = False) -> list[Target]:
     """What retention deletes; with ``dead_letters`` the dead outbox rows too."""
     done = (
-        CartState.ABANDONED,
-        CartState.CONVERTED,
-        CartState.CLEARED,
-        CartState.COMPLETED,
-        CartState.SUPPRESSED,
+        FlowState.ABANDONED,
+        FlowState.CONVERTED,
+        FlowState.CLEARED,
+        FlowState.COMPLETED,
+        FlowState.SUPPRESSED,
     )
     finished = tuple(s.value for s in done)
-    statuses = [Status.SENT.value, Status.SUPERSEDED.value]
+    statuses = [OutboxStatus.SENT.value, OutboxStatus.SUPERSEDED.value]
     if dead_letters:
-        statuses.append(Status.DEAD.value)
+        statuses.append(OutboxStatus.DEAD.value)
     return [
         Target(outbox, outbox.c.id, outbox.c.created_at, tuple(statuses), outbox.c.status),
         Target(carts, carts.c.cart_id, carts.c.last_activity_at, finished, carts.c.state),

@@ -17,7 +17,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from plugin.config import SchedulerSettings
+from .config import SchedulerSettings
 
 log = logging.getLogger(__name__)
 

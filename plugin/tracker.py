@@ -18,21 +18,21 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from plugin.account_hooks import AccountHooks
-from plugin.browse_hooks import BrowseHooks
-from plugin.cart_hooks import CartHooks
-from plugin.clock import Clock, utcnow
-from plugin.config import Settings
-from plugin.db import make_engine
-from plugin.dispatcher import Dispatcher, DispatchResult
-from plugin.hooks import StorageError
-from plugin.order_hooks import OrderHooks
-from plugin.outbox import Summary, summarize
-from plugin.retention import purge
-from plugin.scanner import Scanner, ScanResult
-from plugin.scheduler import Scheduler
-from plugin.transport import Transport
-from plugin.validation import DEDUPE_KEY_MAX, ValidationError, check_text
+from .abandonment.scanner import Scanner, ScanResult
+from .capture.accounts import AccountHooks
+from .capture.browse import BrowseHooks
+from .capture.carts import CartHooks
+from .capture.orders import OrderHooks
+from .clock import Clock, utcnow
+from .config import Settings
+from .delivery.dispatcher import Dispatcher, DispatchResult
+from .delivery.transport import Transport
+from .errors import StorageError, ValidationError
+from .payload.validation import DEDUPE_KEY_MAX, check_text
+from .retention import purge
+from .scheduler import Scheduler
+from .storage.engines import make_engine
+from .storage.outbox import Summary, summarize
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
 
     def migrate(self) -> None:
         """Create or upgrade the plugin's tables to the newest migration."""
-        from plugin.migrate import upgrade
+        from .storage.migrate import upgrade
 
         upgrade(self.engine)
 

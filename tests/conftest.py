@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shop_events import Settings, Tracker
+from shop_events.testing import Receiver
 
-from plugin import Settings, Tracker
-from plugin.demo.receiver import Receiver
 from tests import postgres
 
 API_KEY = "test-key-5f2b"

@@ -11,12 +11,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
+from shop_events import Item, ShopEvents, Tracker
+from shop_events.errors import ConfigError
+from shop_events.storage import pause as pause_state
+from shop_events.storage.enums import OutboxStatus
+from shop_events.storage.tables import outbox
 from sqlalchemy import insert, select, update
 
-from plugin import Item, ShopEvents, Tracker
-from plugin import pause as pause_state
-from plugin.config import ConfigError
-from plugin.models import Status, outbox
 from tests.conftest import SettingsFactory
 
 ADMIN = "/shop-events/admin/"
@@ -87,11 +88,11 @@ def seed_events(tracker: Tracker, frozen: Any = None) -> dict[str, int]:
                 select(outbox.c.id).where(outbox.c.dedupe_key == key)
             ).scalar_one()
         frozen.tick(timedelta(hours=1))
-    set_row(tracker, made["ann_login"], status=Status.SENT.value, response_status=200)
+    set_row(tracker, made["ann_login"], status=OutboxStatus.SENT.value, response_status=200)
     set_row(
         tracker,
         made["bob_wish"],
-        status=Status.DEAD.value,
+        status=OutboxStatus.DEAD.value,
         attempts=3,
         response_status=400,
         last_error="400: The event should have the following params: [email]",
@@ -252,7 +253,7 @@ def test_everything_shown_is_escaped(client: FlaskClient, tracker: Tracker) -> N
                 key_value=f"{SCRIPT}@example.com",
                 api_path="v1/event",
                 body='{"params": [{"name": "x", "value": "</pre><script>alert(5)</script>"}]}',
-                status=Status.DEAD.value,
+                status=OutboxStatus.DEAD.value,
                 attempts=1,
                 next_attempt_at=tracker.clock(),
                 created_at=tracker.clock(),
@@ -323,7 +324,7 @@ def test_replay_needs_the_csrf_token(client: FlaskClient, tracker: Tracker) -> N
     assert response.status_code == 400 and b"CSRF" in response.data
     response = client.post(f"{ADMIN}dead/replay", data={"id": str(dead), "csrf_token": "forged"})
     assert response.status_code == 400
-    assert row(tracker, dead).status == Status.DEAD.value
+    assert row(tracker, dead).status == OutboxStatus.DEAD.value
     other = make_app(tracker, admin_access=lambda: True).test_client()
     stolen = csrf(page(other, f"{ADMIN}dead"))  # another session's token does not work here
     page(client, f"{ADMIN}dead")
@@ -334,33 +335,33 @@ def test_replay_needs_the_csrf_token(client: FlaskClient, tracker: Tracker) -> N
     response = client.post(f"{ADMIN}dead/replay", data={"id": str(dead), "csrf_token": csrf(html)})
     assert response.status_code == 302
     replayed = row(tracker, dead)
-    assert replayed.status == Status.PENDING.value and replayed.attempts == 0
+    assert replayed.status == OutboxStatus.PENDING.value and replayed.attempts == 0
     assert "1 dead event requeued." in page(client, f"{ADMIN}dead")
 
 
 def test_replay_one_from_its_page_and_replay_all(client: FlaskClient, tracker: Tracker) -> None:
     made = seed_events(tracker)
-    set_row(tracker, made["bob_login"], status=Status.DEAD.value, attempts=25)
+    set_row(tracker, made["bob_login"], status=OutboxStatus.DEAD.value, attempts=25)
     html = page(client, f"{ADMIN}events/{made['bob_login']}")
     assert 'id="replay"' in html
     response = client.post(
         f"{ADMIN}events/{made['bob_login']}/replay", data={"csrf_token": csrf(html)}
     )
     assert response.status_code == 302
-    assert row(tracker, made["bob_login"]).status == Status.PENDING.value
+    assert row(tracker, made["bob_login"]).status == OutboxStatus.PENDING.value
     again = page(client, f"{ADMIN}events/{made['bob_login']}")
     assert "requeued" in again and 'id="replay"' not in again
     response = client.post(
         f"{ADMIN}events/{made['ann_login']}/replay", data={"csrf_token": csrf(again)}
     )
     assert "is not a dead letter" in page(client, f"{ADMIN}events/{made['ann_login']}")
-    assert row(tracker, made["ann_login"]).status == Status.SENT.value
+    assert row(tracker, made["ann_login"]).status == OutboxStatus.SENT.value
     html = page(client, f"{ADMIN}dead")
     nothing = client.post(f"{ADMIN}dead/replay", data={"csrf_token": csrf(html)})
     assert nothing.status_code == 302
     assert "Select the dead events" in page(client, f"{ADMIN}dead")
     client.post(f"{ADMIN}dead/replay", data={"csrf_token": csrf(html), "all": "1"})
-    assert row(tracker, made["bob_wish"]).status == Status.PENDING.value
+    assert row(tracker, made["bob_wish"]).status == OutboxStatus.PENDING.value
 
 
 def test_without_a_secret_key_forms_explain_and_posts_fail(tracker: Tracker) -> None:
@@ -370,7 +371,7 @@ def test_without_a_secret_key_forms_explain_and_posts_fail(tracker: Tracker) -> 
     assert "app.secret_key" in html and "csrf_token" not in html
     response = client.post(f"{ADMIN}dead/replay", data={"all": "1"})
     assert response.status_code == 400 and b"secret_key" in response.data
-    assert row(tracker, made["bob_wish"]).status == Status.DEAD.value
+    assert row(tracker, made["bob_wish"]).status == OutboxStatus.DEAD.value
 
 
 # ---------------------------------------------------------------------- template preview

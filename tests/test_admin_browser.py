@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from flask import Flask, Response
 from freezegun import freeze_time
+from shop_events import Item, ShopEvents, Tracker
+from shop_events.storage.enums import OutboxStatus
+from shop_events.storage.tables import browses, outbox
 from sqlalchemy import select, update
 from werkzeug.serving import BaseWSGIServer, make_server
-
-from plugin import Item, ShopEvents, Tracker
-from plugin.models import Status, browses, outbox
 
 CHROMIUM = os.environ.get("SHOP_EVENTS_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SHOP_EVENTS_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -192,7 +192,7 @@ def test_operator_pages_in_a_browser(driver: Any, tracker: Tracker) -> None:
                 update(outbox)
                 .where(outbox.c.id == cart_event)
                 .values(
-                    status=Status.DEAD.value,
+                    status=OutboxStatus.DEAD.value,
                     attempts=1,
                     response_status=400,
                     last_error=f"400: The event should have the following params {XSS}",
@@ -262,7 +262,7 @@ def test_operator_pages_in_a_browser(driver: Any, tracker: Tracker) -> None:
         driver.find_element(By.CSS_SELECTOR, f"input[name=id][value='{cart_event}']").click()
         driver.find_element(By.ID, "replay-selected").click()
         wait_for(lambda: "1 dead event requeued." in driver.page_source, "the replay")
-        assert outbox_row(tracker, cart_event).status == Status.PENDING.value
+        assert outbox_row(tracker, cart_event).status == OutboxStatus.PENDING.value
         assert "No dead letters." in driver.page_source
 
         # health shows the requeued event as pending

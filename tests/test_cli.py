@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from freezegun import freeze_time
+from shop_events import Item, Settings, Tracker
+from shop_events.cli import cli
+from shop_events.storage.enums import OutboxStatus
+from shop_events.storage.migrate import head_revision
+from shop_events.storage.tables import outbox
+from shop_events.testing import Receiver, Reply
 from sqlalchemy import select
-
-from plugin import Item, Settings, Tracker
-from plugin.cli import cli
-from plugin.demo.receiver import Receiver, Reply
-from plugin.migrate import head_revision
-from plugin.models import Status, outbox
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_TIMEOUT = 60.0
@@ -394,7 +394,7 @@ def test_worker_process_sends_and_stops_cleanly_on_sigterm(
             [
                 sys.executable,
                 "-c",
-                "from plugin.cli import main; main()",
+                "from shop_events.cli import main; main()",
                 "--config",
                 str(config),
                 "worker",
@@ -426,6 +426,6 @@ def test_worker_process_sends_and_stops_cleanly_on_sigterm(
     with checker.engine.connect() as conn:
         statuses = [r.status for r in conn.execute(select(outbox.c.status, outbox.c.lease_token))]
         leases = conn.execute(select(outbox.c.id).where(outbox.c.lease_token.is_not(None))).all()
-    assert Status.IN_FLIGHT.value not in statuses
-    assert statuses == [Status.SENT.value] * 3
+    assert OutboxStatus.IN_FLIGHT.value not in statuses
+    assert statuses == [OutboxStatus.SENT.value] * 3
     assert leases == []

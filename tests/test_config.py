@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shop_events import ConfigError, Settings, Tracker
+from shop_events.config import Secret, format_duration, parse_duration
+from shop_events.storage import pause
+from shop_events.storage.tables import metadata
+from shop_events.testing import Receiver, Reply
 from sqlalchemy import select
-
-from plugin import ConfigError, Settings, Tracker, pause
-from plugin.config import Secret, format_duration, parse_duration
-from plugin.demo.receiver import Receiver, Reply
-from plugin.models import metadata
 
 SECRET = "sk-live-9Qz7Wv-do-not-leak"
 
@@ -440,7 +440,7 @@ def test_key_not_logged_nor_stored_by_a_send(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    caplog.set_level(logging.DEBUG, logger="plugin")  # the CLI sets it to INFO when it runs
+    caplog.set_level(logging.DEBUG, logger="shop_events")  # the CLI sets it to INFO when it runs
     api_key = receiver.api_key
     assert api_key
     tracker = Tracker(make_settings())
@@ -478,7 +478,7 @@ def test_key_not_stored_with_a_wrong_key(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    caplog.set_level(logging.DEBUG, logger="plugin")  # the CLI sets it to INFO when it runs
+    caplog.set_level(logging.DEBUG, logger="shop_events")  # the CLI sets it to INFO when it runs
     wrong = "wrong-key-Zx81"
     tracker = Tracker(make_settings(api={"key": wrong}))
     tracker.migrate()

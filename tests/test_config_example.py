@@ -6,7 +6,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from plugin import Settings
+from shop_events import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,17 +20,17 @@ import hypothesis
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
+from shop_events import Item, Settings, Tracker, ValidationError
+from shop_events.abandonment.flows import flows
+from shop_events.capture.accounts import AccountHooks
+from shop_events.capture.browse import BrowseHooks
+from shop_events.capture.carts import CartHooks
+from shop_events.capture.orders import OrderHooks
+from shop_events.delivery.dispatcher import ORDERS_API_PATH
+from shop_events.payload.validation import FORBIDDEN_KEY_CHARS
+from shop_events.storage.tables import metadata, outbox
 from sqlalchemy import delete, func, select
 
-from plugin import Item, Settings, Tracker, ValidationError
-from plugin.account_hooks import AccountHooks
-from plugin.browse_hooks import BrowseHooks
-from plugin.cart_hooks import CartHooks
-from plugin.dispatcher import ORDERS_API_PATH
-from plugin.flows import flows
-from plugin.models import metadata, outbox
-from plugin.order_hooks import OrderHooks
-from plugin.validation import FORBIDDEN_KEY_CHARS
 from tests.conftest import API_KEY, SettingsFactory
 
 ANN = "ann@example.com"

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
+from shop_events import Item, Tracker
+from shop_events.storage.enums import OutboxStatus
+from shop_events.storage.tables import carts, outbox
+from shop_events.testing import Receiver, Reply
 from sqlalchemy import select
 
-from plugin import Item, Tracker
-from plugin.demo.receiver import Receiver, Reply
-from plugin.models import Status, carts, outbox
 from tests.conftest import API_KEY, SettingsFactory
 
 START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -217,7 +218,7 @@ def test_400_goes_to_dead_letters_with_the_reason_and_can_be_replayed(
     clock.tick(timedelta(hours=1))
     assert tracker.dispatch().claimed == 0  # dead letters are not retried by themselves
 
-    from plugin.outbox import replay
+    from shop_events.storage.outbox import replay
 
     with tracker.engine.begin() as conn:
         assert replay(conn, datetime.now(UTC), ids=[row.id]) == 1
@@ -358,7 +359,7 @@ def test_a_huge_cart_is_cut_to_fit_and_says_how_many_were_dropped(
 def test_expired_lease_is_taken_over_and_the_old_holder_cannot_settle(
     tracker: Tracker, receiver: Receiver, clock: FrozenDateTimeFactory
 ) -> None:
-    from plugin import outbox as ob
+    from shop_events.storage import outbox as ob
 
     abandon(tracker)
     clock.tick(timedelta(hours=1))
@@ -370,7 +371,7 @@ def test_expired_lease_is_taken_over_and_the_old_holder_cannot_settle(
     clock.tick(lease)
     assert tracker.dispatch().sent == 1
     with tracker.engine.begin() as conn:
-        assert not ob.settle(conn, crashed, Status.DEAD, last_error="late")
+        assert not ob.settle(conn, crashed, OutboxStatus.DEAD, last_error="late")
     assert [r.status for r in rows(tracker)] == ["sent"]
 
 

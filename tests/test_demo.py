@@ -15,15 +15,14 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
+from shop_events import Settings, Tracker
+from shop_events.demo import catalog
+from shop_events.demo.run import Demo, run_demo
+from shop_events.demo.shop import create_shop, shop_state, tracker_of
+from shop_events.demo.simulate import simulate, types_in
+from shop_events.storage.tables import carts, outbox
+from shop_events.testing import Receiver
 from sqlalchemy import select
-
-from plugin import Settings, Tracker
-from plugin.demo import catalog
-from plugin.demo.receiver import Receiver
-from plugin.demo.run import Demo, run_demo
-from plugin.demo.shop import create_shop, shop_state, tracker_of
-from plugin.demo.simulate import simulate, types_in
-from plugin.models import carts, outbox
 
 KEY = "demo-test-key"
 START = "2024-03-01 10:00:00"
@@ -249,7 +248,7 @@ def test_the_views_never_call_the_tracker() -> None:
     """The demo is installed the automatic way: its views only change the shop's own rows."""
     import inspect
 
-    from plugin.demo import shop as module
+    from shop_events.demo import shop as module
 
     source = inspect.getsource(module._register_routes)
     for hook in ("cart_updated", "cart_cleared", "order_placed", "registration_completed"):

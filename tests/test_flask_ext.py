@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from shop_events import Settings, ShopEvents, Tracker
+from shop_events.errors import ConfigError
+from shop_events.integrations.flask.extension import tracker_for
 
-from plugin import Settings, ShopEvents, Tracker
-from plugin.config import ConfigError
-from plugin.flask_ext import tracker_for
 from tests.conftest import SettingsFactory
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
+from shop_events import Item, Tracker, ValidationError
+from shop_events.storage.tables import browses, carts, orders, outbox, registrations
+from shop_events.testing import Receiver
 from sqlalchemy import func, select
 
-from plugin import Item, Tracker, ValidationError
-from plugin.demo.receiver import Receiver
-from plugin.models import browses, carts, orders, outbox, registrations
 from tests.conftest import SettingsFactory
 
 START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -791,7 +791,7 @@ def test_send_time_check_catches_an_opt_out_the_queue_missed(
     clock.tick(HOUR)
     tracker.scan()
     # as if the opt-out landed after the row was queued but its supersede missed it
-    from plugin.account_hooks import _set_consent
+    from shop_events.capture.accounts import _set_consent
 
     with tracker.engine.begin() as conn:
         _set_consent(conn, ANN, True, datetime.now(UTC))

@@ -6,9 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from freezegun import freeze_time
-
-from plugin import Item, Tracker
-from plugin.demo.receiver import Receiver
+from shop_events import Item, Tracker
+from shop_events.testing import Receiver
 
 
 def test_views_after_identify_follow_the_contact(tracker: Tracker, receiver: Receiver) -> None:

@@ -20,14 +20,14 @@ from flask.cli import FlaskGroup, ScriptInfo
 from flask.typing import ResponseReturnValue
 from flask_sqlalchemy import SQLAlchemy
 from freezegun import freeze_time
+from shop_events import Tracker
+from shop_events.integrations.flask.extension import CAPTURE_KEY, capture_models, tracker_for
+from shop_events.integrations.models.capture import CaptureModels
+from shop_events.storage.tables import carts
+from shop_events.testing import Receiver
 from sqlalchemy import ForeignKey, Numeric, String, select
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from plugin import Tracker
-from plugin.demo.receiver import Receiver
-from plugin.flask_ext import CAPTURE_KEY, capture_models, tracker_for
-from plugin.models import carts
-from plugin.orm import CaptureModels
 from tests.conftest import API_KEY
 
 SHOP = "https://shop.example"
@@ -105,8 +105,13 @@ def create_shop(database_url: str) -> Flask:
 
     # shop-events: begin
     # fmt: off
-    from plugin.flask_ext import ShopEvents, capture_models
-    from plugin.orm import CartMapping, CustomerMapping, Item, OrderMapping
+    from shop_events.integrations.flask.extension import ShopEvents, capture_models
+    from shop_events.integrations.models.capture import (
+        CartMapping,
+        CustomerMapping,
+        Item,
+        OrderMapping,
+    )
     app.config["SHOP_EVENTS_DATABASE_URL"] = app.config["SQLALCHEMY_DATABASE_URI"]
     ShopEvents(app)
     def item(line: Any) -> Item:
@@ -388,8 +393,7 @@ def test_several_apps_in_one_process_each_capture_their_own(
         post(client, "/signup", email="one@example.com", name="One")
         assert [tracker_for(app).stats().get("pending", 0) for app in apps] == [0, 1, 0]
         from flask_sqlalchemy.session import Session
-
-        from plugin import orm
+        from shop_events.integrations.models import capture as orm
 
         listening = Session(db).dispatch.after_flush
         assert len([fn for fn in listening if fn.__module__ == orm.__name__]) == 1

@@ -12,11 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-
-from plugin import Item, Settings, ValidationError
-from plugin.events import build_body, build_items_event, encode_value, fit_items
-from plugin.items import canonical_items, items_param, items_total, price_text, serialize_items
-from plugin.validation import body_size, encode_body
+from shop_events import Item, Settings, ValidationError
+from shop_events.payload.events import build_body, build_items_event, encode_value, fit_items
+from shop_events.payload.items import (
+    canonical_items,
+    items_param,
+    items_total,
+    price_text,
+    serialize_items,
+)
+from shop_events.payload.validation import body_size, encode_body
 
 SEED = Path(__file__).parent / "data" / "seed_generate_event.txt"
 PRODUCT_URL = "https://www.cultbeauty.co.uk/olaplex-no-4-bond-maintenance-shampoo.html"

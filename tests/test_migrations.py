@@ -16,16 +16,15 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect
-
-from plugin.migrate import (
+from shop_events.storage.migrate import (
     VERSION_TABLE,
     alembic_config,
     current_revision,
     head_revision,
     upgrade,
 )
-from plugin.models import metadata
+from shop_events.storage.tables import metadata
+from sqlalchemy import Engine, create_engine, inspect
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_TABLES = {t.name for t in metadata.sorted_tables}
@@ -183,10 +182,12 @@ def test_plain_install_migrates_from_any_directory(tmp_path: Path) -> None:
         [
             str(python),
             "-c",
-            "import json, importlib.resources as r, plugin, plugin.cli, plugin.migrate;"
-            "print(json.dumps({'plugin': plugin.__file__,"
-            " 'migrations': str(r.files('plugin.migrations')),"
-            " 'head': plugin.migrate.head_revision()}))",
+            "import json, importlib.util as u, importlib.resources as r, shop_events.cli;"
+            "from shop_events.storage import migrate;"
+            "print(json.dumps({'plugin': shop_events.__file__,"
+            " 'top_level_plugin': u.find_spec('plugin') is not None,"
+            " 'migrations': str(r.files('shop_events.migrations')),"
+            " 'head': migrate.head_revision()}))",
         ],
         tmp_path,
     )
@@ -195,6 +196,7 @@ def test_plain_install_migrates_from_any_directory(tmp_path: Path) -> None:
     assert Path(where["plugin"]).resolve().is_relative_to(venv_root), where
     assert Path(where["migrations"]).resolve().is_relative_to(venv_root), where
     assert not Path(where["plugin"]).resolve().is_relative_to(REPO)
+    assert not where["top_level_plugin"], "the distribution must not install a 'plugin' module"
     assert where["head"] == head_revision()
     migrations = Path(where["migrations"])
     assert (migrations / "env.py").is_file()

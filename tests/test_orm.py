@@ -1,4 +1,4 @@
-"""Automatic capture from the shop's own models: the ORM listeners of ``plugin.orm``."""
+"""Automatic capture from the shop's own models (``shop_events.integrations.models``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shop_events import Settings, Tracker
+from shop_events.integrations.models.capture import (
+    CaptureModels,
+    CartMapping,
+    CustomerMapping,
+    Item,
+    OrderMapping,
+    same_database,
+)
+from shop_events.storage.tables import carts, orders, outbox, registrations
 from sqlalchemy import (
     Engine,
     ForeignKey,
@@ -22,17 +32,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
-
-from plugin import Settings, Tracker
-from plugin.models import carts, orders, outbox, registrations
-from plugin.orm import (
-    CaptureModels,
-    CartMapping,
-    CustomerMapping,
-    Item,
-    OrderMapping,
-    same_database,
-)
 
 
 class Base(DeclarativeBase):
@@ -423,7 +422,11 @@ def test_bad_data_is_reported_and_the_shops_commit_goes_on(
     finally:
         capture.close()
     assert events(tracker) == []
-    messages = [r.getMessage() for r in caplog.records if r.name == "plugin.orm"]
+    messages = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("shop_events.integrations.models")
+    ]
     assert any("items[0].price: must not be negative" in m for m in messages), messages
     assert any("email" in m and "not a valid email" in m for m in messages), messages
 
@@ -441,7 +444,7 @@ def own_tracker(path: Path) -> Tracker:
 
 
 def listeners(name: str) -> list[Any]:
-    from plugin import orm
+    from shop_events.integrations.models import capture as orm
 
     found = getattr(Session().dispatch, name)
     return [fn for fn in found if getattr(fn, "__module__", "") == orm.__name__]

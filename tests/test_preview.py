@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from shop_events import Item, Tracker
+from shop_events.cli import cli
+from shop_events.preview import PreviewError, Problem, load_body, render
+from shop_events.storage.tables import outbox
 from sqlalchemy import select
-
-from plugin import Item, Tracker
-from plugin.cli import cli
-from plugin.models import outbox
-from plugin.preview import PreviewError, Problem, load_body, render
 
 SEED = Path(__file__).parent / "data" / "seed_generate_event.txt"
 
@@ -238,9 +237,9 @@ def test_command_with_an_event_from_the_outbox(
 
 
 def test_runaway_output_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    import plugin.preview
+    import shop_events.preview
 
-    monkeypatch.setattr(plugin.preview, "MAX_OUTPUT", 1000)
+    monkeypatch.setattr(shop_events.preview, "MAX_OUTPUT", 1000)
     result = render("#foreach($i in [1..100000])$i,#end", seed_body())
     assert kinds(result.problems) == ["error"] and "over 1000 characters" in str(result.problems)
     assert len(result.output) <= 1000

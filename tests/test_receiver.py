@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-
-from plugin.demo.receiver import Receiver, Reply
+from shop_events.testing import Receiver, Reply
 
 KEY = "test-key"
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
+from shop_events import Item, Tracker, retention
+from shop_events.storage.tables import browses, caps, carts, consent, orders, outbox, registrations
+from shop_events.testing import Receiver, Reply
 from sqlalchemy import select
 
-from plugin import Item, Tracker, retention
-from plugin.demo.receiver import Receiver, Reply
-from plugin.models import browses, caps, carts, consent, orders, outbox, registrations
 from tests.conftest import SettingsFactory
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -215,10 +215,10 @@ def test_purge_keeps_frequency_caps_for_the_longest_contact_interval(
     """A short ``older_than`` must not let a contact be reminded again inside its interval."""
     from datetime import UTC, datetime, timedelta
 
+    from shop_events import Tracker
+    from shop_events.storage import caps
+    from shop_events.storage.tables import caps as caps_table
     from sqlalchemy import func, select
-
-    from plugin import Tracker, caps
-    from plugin.models import caps as caps_table
 
     settings = make_settings(abandoned_browse={"contact_interval": "7d"})
     now = datetime(2026, 11, 26, 12, tzinfo=UTC)

@@ -6,10 +6,10 @@ import multiprocessing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shop_events import Item, Settings, Tracker
+from shop_events.storage.tables import carts, outbox
 from sqlalchemy import func, select
 
-from plugin import Item, Settings, Tracker
-from plugin.models import carts, outbox
 from tests.conftest import SettingsFactory
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-
-from plugin.config import SchedulerSettings
-from plugin.scheduler import Scheduler
+from shop_events.config import SchedulerSettings
+from shop_events.scheduler import Scheduler
 
 WAIT = 10.0
 """Upper bound for a job thread to run once; they start at once, so this is never reached."""
@@ -118,7 +117,7 @@ def test_failing_job_is_logged_and_kept(caplog: pytest.LogCaptureFixture) -> Non
     ran = threading.Event()
     scheduler = Scheduler(SETTINGS, boom, ran.set)
     try:
-        with caplog.at_level(logging.ERROR, logger="plugin.scheduler"):
+        with caplog.at_level(logging.ERROR, logger="shop_events.scheduler"):
             scheduler.start()
             assert failed.wait(WAIT)
             assert ran.wait(WAIT)

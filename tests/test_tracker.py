@@ -6,11 +6,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from shop_events import Item, StorageError, Tracker, ValidationError
+from shop_events.storage.tables import carts, outbox
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-
-from plugin import Item, StorageError, Tracker, ValidationError
-from plugin.models import carts, outbox
 
 GOOD = [Item(name="Hair styler", price=Decimal("23.50"), url="https://shop.example/p/1")]
 

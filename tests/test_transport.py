@@ -14,10 +14,15 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-
-from plugin.config import ApiSettings, Settings
-from plugin.demo.receiver import Receiver, Reply
-from plugin.transport import Outcome, RateLimiter, Transport, classify, parse_retry_after
+from shop_events.config import ApiSettings, Settings
+from shop_events.delivery.transport import (
+    Outcome,
+    RateLimiter,
+    Transport,
+    classify,
+    parse_retry_after,
+)
+from shop_events.testing import Receiver, Reply
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 BODY = json.dumps(

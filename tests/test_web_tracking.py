@@ -12,14 +12,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
+from shop_events import Settings, ShopEvents, Tracker
+from shop_events.errors import ConfigError
+from shop_events.integrations.flask.extension import tracker_for
+from shop_events.integrations.flask.web import RateLimiter
+from shop_events.storage.tables import browses
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from plugin import Settings, ShopEvents, Tracker
-from plugin.config import ConfigError
-from plugin.flask_ext import tracker_for
-from plugin.models import browses
-from plugin.web import RateLimiter
 from tests.conftest import SettingsFactory
 
 TRACK = "/shop-events/track"

@@ -17,7 +17,7 @@ depends_on = None
 
 
 def _utc(name: str, nullable: bool = False) -> sa.Column[sa.DateTime]:
-    """Times are stored as naive UTC (see plugin.models.UTCDateTime)."""
+    """Times are stored as naive UTC (see shop_events.storage.tables.UTCDateTime)."""
     return sa.Column(name, sa.DateTime(timezone=False), nullable=nullable)
 
 

@@ -1,7 +1,7 @@
 """The demo shop's products, and the small SVG pictures it serves for them.
 
 Prices are decimal strings, as a shop would keep them; :func:`item` turns a product into the
-plugin's :class:`~plugin.items.Item` with absolute URLs of the running shop.
+plugin's :class:`~shop_events.payload.items.Item` with absolute URLs of the running shop.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from xml.sax.saxutils import escape
 
-from plugin.items import Item
+from ..payload.items import Item
 
 
 @dataclasses.dataclass(frozen=True)

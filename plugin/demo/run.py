@@ -21,10 +21,10 @@ from typing import Any, Self, TextIO
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from plugin.config import Settings, format_duration
-from plugin.demo.receiver import Receiver
-from plugin.demo.shop import create_shop, shop_state
-from plugin.tracker import Tracker
+from ..config import Settings, format_duration
+from ..testing import Receiver
+from ..tracker import Tracker
+from .shop import create_shop, shop_state
 
 DEMO_KEY = "demo-key"
 DB_NAME = "shop_events_demo.db"
@@ -188,7 +188,7 @@ def run_demo(
 def _quiet_request_logs() -> None:
     # One line per image request would bury the plugin's own messages.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    plugin_log = logging.getLogger("plugin")
+    plugin_log = logging.getLogger("shop_events")
     if not plugin_log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("  %(asctime)s %(name)s: %(message)s", "%H:%M:%S"))

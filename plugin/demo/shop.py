@@ -2,7 +2,7 @@
 
 Customers, carts with their lines, and orders with their lines are rows of the demo's own tables
 (prefix ``demo_``) in the plugin's SQLite file. The views only change those rows; nothing in them
-calls the tracker: :func:`plugin.flask_ext.capture_models` declares once how a cart, an order
+calls the tracker: ``capture_models`` declares how a cart, an order
 and a customer read, and the plugin captures every commit itself, inside the request's
 transaction. The cart's id is kept in the Flask session cookie; the cart page asks for an email
 early ("email me my cart") so an idle cart can be abandoned with a contact.
@@ -42,15 +42,16 @@ from sqlalchemy.orm import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
-from plugin.config import Settings, format_duration
-from plugin.demo import catalog
-from plugin.flask_ext import ShopEvents, capture_models, tracker_for
-from plugin.items import Item
-from plugin.models import UTCDateTime, carts, outbox
-from plugin.orm import CaptureModels, CartMapping, CustomerMapping, OrderMapping
-from plugin.outbox import summarize
-from plugin.tracker import Tracker
-from plugin.validation import ValidationError, check_email
+from ..config import Settings, format_duration
+from ..errors import ValidationError
+from ..integrations.flask.extension import ShopEvents, capture_models, tracker_for
+from ..integrations.models.capture import CaptureModels, CartMapping, CustomerMapping, OrderMapping
+from ..payload.items import Item
+from ..payload.validation import check_email
+from ..storage.outbox import summarize
+from ..storage.tables import UTCDateTime, carts, outbox
+from ..tracker import Tracker
+from . import catalog
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def create_shop(
     currency: str = "EUR",
     tracker: Tracker | None = None,
 ) -> Flask:
-    """The demo shop as a Flask app, with :class:`~plugin.flask_ext.ShopEvents` installed.
+    """The demo shop as a Flask app, with ``ShopEvents`` installed.
 
     The tracker is built from ``settings`` exactly (or given): ``SHOP_EVENTS_*`` environment
     variables are not applied, so a key or URL meant for production never reaches the demo.

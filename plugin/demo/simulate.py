@@ -25,14 +25,15 @@ from typing import Any, TextIO
 
 from sqlalchemy import Table, func, select
 
-from plugin.config import Settings
-from plugin.demo import catalog
-from plugin.demo.receiver import Received, Receiver, Reply
-from plugin.dispatcher import ORDERS_API_PATH
-from plugin.items import Item
-from plugin.models import CartState, Status, browses, carts, outbox, registrations
-from plugin.tracker import Tracker
-from plugin.validation import encode_body
+from ..config import Settings
+from ..delivery.dispatcher import ORDERS_API_PATH
+from ..payload.items import Item
+from ..payload.validation import encode_body
+from ..storage.enums import FlowState, OutboxStatus
+from ..storage.tables import browses, carts, outbox, registrations
+from ..testing import Received, Receiver, Reply
+from ..tracker import Tracker
+from . import catalog
 
 SHOP_URL = "http://127.0.0.1:5000"
 API_KEY = "simulation-key"
@@ -585,7 +586,7 @@ def _ready(
                 .where(
                     outbox.c.subject_type == "cart",
                     outbox.c.subject_id == s.cart_id,
-                    outbox.c.status == Status.PENDING.value,
+                    outbox.c.status == OutboxStatus.PENDING.value,
                 )
             ).scalar_one()
         return queued > 0
@@ -598,13 +599,13 @@ def _settled(tracker: Tracker) -> bool:
         unsent = conn.execute(
             select(func.count())
             .select_from(outbox)
-            .where(outbox.c.status.in_([Status.PENDING.value, Status.IN_FLIGHT.value]))
+            .where(outbox.c.status.in_([OutboxStatus.PENDING.value, OutboxStatus.IN_FLIGHT.value]))
         ).scalar_one()
         active = sum(
             conn.execute(
                 select(func.count())
                 .select_from(table)
-                .where(table.c.state == CartState.ACTIVE.value)
+                .where(table.c.state == FlowState.ACTIVE.value)
             ).scalar_one()
             for _, table in ACTIVITY
         )
@@ -665,9 +666,9 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
             grouped = conn.execute(select(table.c.state, func.count()).group_by(table.c.state))
             states: dict[str, int] = {str(state): int(k) for state, k in grouped}
             counts[name] = sum(states.values())
-            for state in CartState:
+            for state in FlowState:
                 counts[f"{name}.{state.value}"] = states.get(state.value, 0)
-            unknown = set(states) - {s.value for s in CartState}
+            unknown = set(states) - {s.value for s in FlowState}
             counts[f"{name}.unknown"] = sum(states[s] for s in unknown)
         rows = conn.execute(
             select(
@@ -680,7 +681,7 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
         ).all()
     reminders = [r for r in rows if r.subject_type == "cart" and r.event_type_key == reminder_key]
     by_status = collections.Counter(str(r.status) for r in rows)
-    known = {s.value for s in Status}
+    known = {s.value for s in OutboxStatus}
 
     answered = [q for q in receiver.requests if q.path.startswith("/api/")]
     accepted: collections.Counter[bytes] = collections.Counter()
@@ -703,16 +704,16 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
         type_of[body] = kind
         per[kind]["queued"] += 1
         status = str(r.status)
-        if status in (Status.PENDING.value, Status.IN_FLIGHT.value):
+        if status in (OutboxStatus.PENDING.value, OutboxStatus.IN_FLIGHT.value):
             per[kind]["pending"] += 1
-        elif status in (Status.SUPERSEDED.value, Status.DEAD.value):
+        elif status in (OutboxStatus.SUPERSEDED.value, OutboxStatus.DEAD.value):
             per[kind][status] += 1
         elif status not in known:
             per[kind]["lost"] += 1
 
     bodies_all = collections.Counter(str(r.body).encode("utf-8") for r in rows)
     bodies_sent = collections.Counter(
-        str(r.body).encode("utf-8") for r in rows if r.status == Status.SENT.value
+        str(r.body).encode("utf-8") for r in rows if r.status == OutboxStatus.SENT.value
     )
     delivered = duplicates = unreceived = phantom = 0
     for body in bodies_all.keys() | accepted.keys():
@@ -743,11 +744,12 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
             "active": counts["carts.active"],
             "orders": sum(1 for r in rows if r.event_type_key == order_key),
             "enqueued": len(rows),
-            "sent": by_status[Status.SENT.value],
+            "sent": by_status[OutboxStatus.SENT.value],
             "delivered": delivered,
-            "dead": by_status[Status.DEAD.value],
-            "superseded": by_status[Status.SUPERSEDED.value],
-            "pending": by_status[Status.PENDING.value] + by_status[Status.IN_FLIGHT.value],
+            "dead": by_status[OutboxStatus.DEAD.value],
+            "superseded": by_status[OutboxStatus.SUPERSEDED.value],
+            "pending": by_status[OutboxStatus.PENDING.value]
+            + by_status[OutboxStatus.IN_FLIGHT.value],
             "requests": len(answered),
             "failed": failed,
             "accepted": sum(accepted.values()),

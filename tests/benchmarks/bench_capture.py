@@ -1,6 +1,6 @@
 """Capture cost: ``Tracker.cart_updated`` with 10 items against a bare SQLAlchemy Core insert.
 
-Both run on a SQLite file made by :func:`plugin.db.make_engine` (WAL, ``synchronous=NORMAL``,
+Both run on a SQLite file made by ``make_engine`` (WAL, ``synchronous=NORMAL``,
 ``BEGIN IMMEDIATE``), one transaction per call. Calls are timed one by one with
 ``time.perf_counter_ns`` and measured in alternating blocks, so drift on the machine hits both
 sides alike. The goal (from the issue) is a ratio of at most 2 for the median and the p99.
@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy
+from shop_events import Item, Settings, Tracker
+from shop_events.config import DatabaseSettings
+from shop_events.payload.items import canonical_items
+from shop_events.payload.validation import check_email, check_url
+from shop_events.storage.engines import make_engine
 from sqlalchemy import Column, Engine, Insert, Integer, MetaData, String, Table, Text, event
-
-from plugin import Item, Settings, Tracker
-from plugin.config import DatabaseSettings
-from plugin.db import make_engine
-from plugin.items import canonical_items
-from plugin.validation import check_email, check_url
 
 ITEMS_PER_CART = 10
 GOAL_RATIO = 2.0

@@ -5,7 +5,7 @@ Sections (``--sections``, all by default):
 ``ceiling``
     What the receivers themselves can answer, measured with a raw-socket load generator in its
     own process (keep-alive connections, one pre-built valid request): the demo
-    :class:`~plugin.demo.receiver.Receiver` (Flask on werkzeug's threaded server, in this
+    :class:`~shop_events.testing.Receiver` (Flask on werkzeug's threaded server, in this
     process) with no latency and with 50 ms, and the lean receiver used for the big runs.
 ``latency``
     One worker, receiver latency 50 ms: events/s for several ``delivery.threads`` /
@@ -22,7 +22,7 @@ Sections (``--sections``, all by default):
     backlog's size).
 
 Every run: a fresh temporary directory (and a fresh database on a throwaway PostgreSQL cluster,
-started by the script as the tests do), the backlog inserted with ``plugin.outbox.enqueue`` in
+started by the script as the tests do), the backlog inserted with ``outbox.enqueue`` in
 bulk, then ``shop-events --config … worker`` processes (scheduler on, dispatch every second,
 ``api.rate_limit`` raised out of the way) started and timed. The rate is the steady one: events
 delivered between the receiver's first arrival and its last answer. Exactly once: every event
@@ -65,11 +65,10 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # tests.postgres: the throwaway cluster of the test suite
 
+from shop_events import Settings, Tracker  # noqa: E402
+from shop_events.storage.outbox import NewEvent, enqueue  # noqa: E402
+from shop_events.testing import Receiver  # noqa: E402
 from sqlalchemy import Engine  # noqa: E402
-
-from plugin import Settings, Tracker  # noqa: E402
-from plugin.demo.receiver import Receiver  # noqa: E402
-from plugin.outbox import NewEvent, enqueue  # noqa: E402
 
 EVENT_TYPE = "bench_event"
 ITEMS = json.dumps(
@@ -331,7 +330,7 @@ def worker_command(config: Path) -> list[str]:
     script = Path(sys.executable).with_name("shop-events")
     if script.exists():
         return [str(script), "--config", str(config), "worker"]
-    entry = "from plugin.cli import main; main()"
+    entry = "from shop_events.cli import main; main()"
     return [sys.executable, "-c", entry, "--config", str(config), "worker"]
 
 

@@ -1,8 +1,8 @@
 """Scan cost: ``tracker.scan()`` finding and enqueueing 1,000 due carts among 10k and 1M carts.
 
-Each size gets a fresh SQLite file (WAL, as :func:`plugin.db.make_engine` configures it),
+Each size gets a fresh SQLite file (WAL, as ``make_engine`` configures it),
 migrated, then filled with ``executemany`` in large batches straight into
-:data:`plugin.models.carts`: all carts ``active`` with a unique email, 1,000 of them idle for
+the carts table: all carts ``active`` with a unique email, 1,000 of them idle for
 longer than ``abandoned_cart.after`` (due), the rest touched within it (not due). ``ANALYZE``
 and a WAL checkpoint follow. ``abandoned_cart.contact_interval`` is ``0s``, so the frequency
 cap never interferes.
@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy
+from shop_events import Settings, Tracker
+from shop_events.storage.enums import FlowState
+from shop_events.storage.tables import carts, outbox
 from sqlalchemy import Connection, Engine, delete, event, func, select, update
-
-from plugin import Settings, Tracker
-from plugin.models import CartState, carts, outbox
 
 DUE = 1000
 AFTER = timedelta(hours=1)
@@ -61,7 +61,7 @@ def cart_rows(total: int, due: int, now: datetime, start: int, stop: int) -> lis
                 "restore_url": None,
                 "content_hash": CONTENT_HASH,
                 "version": 1,
-                "state": CartState.ACTIVE.value,
+                "state": FlowState.ACTIVE.value,
                 "skip_reason": None,
                 "last_activity_at": at,
                 "created_at": at,
@@ -88,11 +88,11 @@ def populate(engine: Engine, total: int, now: datetime, batch: int) -> float:
 
 def reset_due(conn: Connection) -> None:
     """Undo a scan: abandoned carts become active again and the outbox is emptied."""
-    scanned = (CartState.ABANDONED.value, CartState.SUPPRESSED.value)
+    scanned = (FlowState.ABANDONED.value, FlowState.SUPPRESSED.value)
     conn.execute(
         update(carts)
         .where(carts.c.state.in_(scanned))
-        .values(state=CartState.ACTIVE.value, skip_reason=None)
+        .values(state=FlowState.ACTIVE.value, skip_reason=None)
     )
     conn.execute(delete(outbox))
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shop_events import Item, Tracker
+from shop_events.storage.tables import outbox
+from shop_events.testing import Receiver
 from sqlalchemy import Engine, Row, select
 
-from plugin import Item, Tracker
-from plugin.demo.receiver import Receiver
-from plugin.models import outbox
 from tests import postgres
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def worker_command(config: Path) -> list[str]:
     return [
         sys.executable,
         "-c",
-        "from plugin.cli import main; main()",
+        "from shop_events.cli import main; main()",
         "--config",
         str(config),
         "worker",

@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
+from shop_events import Settings, Tracker
+from shop_events.cli import cli
+from shop_events.storage.enums import OutboxStatus
+from shop_events.testing import Receiver
 
-from plugin import Settings, Tracker
-from plugin.cli import cli
-from plugin.demo.receiver import Receiver
-from plugin.models import Status
 from tests.conftest import API_KEY
 from tests.faults.conftest import (
     add_events,
@@ -83,7 +83,7 @@ def test_401_pauses_with_one_line_per_interval_spends_nothing_and_resumes_when_f
     shop = Tracker(Settings.from_file(config, env={}))
     shop.migrate()
     add_events(shop, EVENTS)
-    caplog.set_level(logging.INFO, logger="plugin")
+    caplog.set_level(logging.INFO, logger="shop_events")
 
     lines_per_interval = []
     requests_per_interval = []
@@ -96,7 +96,7 @@ def test_401_pauses_with_one_line_per_interval_spends_nothing_and_resumes_when_f
         assert report["paused"] is True
         assert "HTTP 401" in report["pause_reason"]
         assert "wrong API key" in report["pause_reason"]
-        assert report["by_status"][Status.PENDING.value] == EVENTS
+        assert report["by_status"][OutboxStatus.PENDING.value] == EVENTS
         for _ in range(4):  # minutes 1 … 4 of the pause: nobody sends
             clock.tick(timedelta(minutes=1))
             assert shop.dispatch().paused
@@ -134,6 +134,6 @@ def test_401_pauses_with_one_line_per_interval_spends_nothing_and_resumes_when_f
     result.show(f"bad key, {engine_name(database_url)}")
 
     assert report["paused"] is False and report["pause_reason"] is None
-    assert {(r.status, r.attempts) for r in rows} == {(Status.SENT.value, 1)}
+    assert {(r.status, r.attempts) for r in rows} == {(OutboxStatus.SENT.value, 1)}
     assert result.lost == 0 and result.delivered_twice == 0
     assert result.requests == EVENTS + result.extra["answered_401"]

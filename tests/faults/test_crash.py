@@ -16,11 +16,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from shop_events import Settings, Tracker
+from shop_events.storage.enums import OutboxStatus
+from shop_events.storage.tables import outbox
+from shop_events.testing import Receiver
 from sqlalchemy import select
 
-from plugin import Settings, Tracker
-from plugin.demo.receiver import Receiver
-from plugin.models import Status, outbox
 from tests.faults.conftest import (
     Workers,
     add_events,
@@ -69,14 +70,14 @@ def test_killed_worker_loses_nothing_and_duplicates_at_most_what_was_on_the_wire
     with shop.engine.connect() as conn:
         orphaned = conn.execute(
             select(outbox.c.id, outbox.c.lease_expires_at).where(
-                outbox.c.status == Status.IN_FLIGHT.value
+                outbox.c.status == OutboxStatus.IN_FLIGHT.value
             )
         ).all()
     receiver.release()  # the held requests go on; the platform may accept some of them
 
     rescuer = workers.start(config, "rescuer")
     delivered = wait_until(
-        lambda: status_counts(shop.engine)[Status.SENT.value] == EVENTS, TAKEOVER_TIMEOUT
+        lambda: status_counts(shop.engine)[OutboxStatus.SENT.value] == EVENTS, TAKEOVER_TIMEOUT
     )
     takeover_seconds = time.monotonic() - killed_at
     code, _ = rescuer.terminate()
@@ -97,7 +98,7 @@ def test_killed_worker_loses_nothing_and_duplicates_at_most_what_was_on_the_wire
     assert result.lost == 0  # … and taken over
     assert result.delivered == EVENTS
     assert result.delivered_twice <= wire_at_kill
-    assert {r.status for r in rows} == {Status.SENT.value}
+    assert {r.status for r in rows} == {OutboxStatus.SENT.value}
     assert all(r.lease_token is None for r in rows)
     # the rescuer touched the stranded rows only once their leases had expired
     stranded = {identity(json.loads(r.body)) for r in rows if r.id in {o.id for o in orphaned}}

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from shop_events import Tracker
+from shop_events.storage.enums import OutboxStatus
+from shop_events.testing import Receiver
 
-from plugin import Tracker
-from plugin.demo.receiver import Receiver
-from plugin.models import Status
 from tests.conftest import SettingsFactory
 from tests.faults.conftest import (
     add_events,
@@ -54,7 +54,7 @@ def sent_with_prefix(shop: Tracker, prefix: str) -> int:
     return sum(
         1
         for row in outbox_rows(shop.engine)
-        if row.status == Status.SENT.value and f"{prefix}-" in row.dedupe_key
+        if row.status == OutboxStatus.SENT.value and f"{prefix}-" in row.dedupe_key
     )
 
 
@@ -163,4 +163,4 @@ def test_forked_child_delivers_with_its_own_threads_and_session(
     assert result.created == PARENT_EVENTS + CHILD_EVENTS
     assert result.lost == 0
     assert result.delivered_twice == 0
-    assert {r.status for r in rows} == {Status.SENT.value}
+    assert {r.status for r in rows} == {OutboxStatus.SENT.value}

@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from shop_events import Item, Settings, Tracker
+from shop_events.storage.enums import OutboxStatus
+from shop_events.testing import Receiver
 
-from plugin import Item, Settings, Tracker
-from plugin.demo.receiver import Receiver
-from plugin.models import Status
 from tests.faults.conftest import (
     Workers,
     add_carts,
@@ -67,7 +67,7 @@ def test_four_workers_deliver_every_event_exactly_once(
     arrived = receiver.wait_for_arrivals(expected, timeout=DELIVERY_TIMEOUT)
     elapsed = time.monotonic() - start
     settled = wait_until(
-        lambda: status_counts(shop.engine)[Status.SENT.value] >= expected, SETTLE_TIMEOUT
+        lambda: status_counts(shop.engine)[OutboxStatus.SENT.value] >= expected, SETTLE_TIMEOUT
     )
     stopped = [worker.terminate() for worker in running]
     rows = outbox_rows(shop.engine)
@@ -92,7 +92,7 @@ def test_four_workers_deliver_every_event_exactly_once(
     assert result.delivered_twice == 0
     assert result.requests == expected
     assert result.attempts == expected  # one attempt each: nothing failed, nothing resent
-    assert {r.status for r in rows} == {Status.SENT.value}
+    assert {r.status for r in rows} == {OutboxStatus.SENT.value}
     kinds = Counter(body["eventTypeKey"] for body in receiver.events)
     assert kinds == {"abandoned_cart": CARTS, "fault_test": EVENTS, "orderCreated": BOUGHT}
     reminded = {identity(body) for body in receiver.events}

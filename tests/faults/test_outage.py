@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
+from shop_events import Item, Tracker
+from shop_events.storage.enums import OutboxStatus
+from shop_events.testing import Receiver
 
-from plugin import Item, Tracker
-from plugin.demo.receiver import Receiver
-from plugin.models import Status
 from tests.conftest import SettingsFactory
 from tests.faults.conftest import add_events, engine_name, figures, outbox_rows
 
@@ -101,7 +101,7 @@ def test_an_hour_of_refused_connections_backs_off_keeps_everything_and_delivers_
             full = min(CAP, BASE * 2 ** (attempt - 1))
             assert full / 2 <= gap <= full, (attempt, gap)
             schedule_ok += 1
-    assert {r.status for r in during} == {Status.PENDING.value}  # nothing dead, nothing stuck
+    assert {r.status for r in during} == {OutboxStatus.PENDING.value}  # nothing dead, nothing stuck
     assert all(r.last_error and "ConnectionError" in r.last_error for r in during)
     assert min(r.attempts for r in during if not r.dedupe_key.startswith("fault_test:during")) >= 6
 
@@ -110,7 +110,7 @@ def test_an_hour_of_refused_connections_backs_off_keeps_everything_and_delivers_
     deadline = back_at + CAP
     while datetime.now(UTC) < deadline:
         shop.dispatch()
-        if all(r.status == Status.SENT.value for r in outbox_rows(shop.engine)):
+        if all(r.status == OutboxStatus.SENT.value for r in outbox_rows(shop.engine)):
             break
         clock.tick(STEP)
     recovered_in = datetime.now(UTC) - back_at
@@ -126,7 +126,7 @@ def test_an_hour_of_refused_connections_backs_off_keeps_everything_and_delivers_
     )
     result.show(f"outage, {engine_name(database_url)}")
 
-    assert {r.status for r in rows} == {Status.SENT.value}
+    assert {r.status for r in rows} == {OutboxStatus.SENT.value}
     assert result.created == CARTS + 2 * EVENTS
     assert result.lost == 0
     assert result.delivered_twice == 0

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from shop_events import Item, Settings, Tracker
+from shop_events.cli import cli
+from shop_events.testing import Receiver, Reply
 
-from plugin import Item, Settings, Tracker
-from plugin.cli import cli
-from plugin.demo.receiver import Receiver, Reply
 from tests.faults.conftest import add_events, base_sections, outbox_rows, write_config
 
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 import requests
+from shop_events import Settings, Tracker
+from shop_events.delivery.transport import RateLimiter
+from shop_events.storage.enums import OutboxStatus
+from shop_events.testing import Receiver
 
-from plugin import Settings, Tracker
-from plugin.demo.receiver import Receiver
-from plugin.models import Status
-from plugin.transport import RateLimiter
 from tests.conftest import API_KEY
 from tests.faults.conftest import (
     POLL,
@@ -66,7 +66,7 @@ def drain(shop: Tracker, expected: int) -> bool:
     idle = threading.Event()
     while monotonic() < deadline:
         if shop.dispatch().claimed == 0:
-            if status_counts(shop.engine)[Status.SENT.value] == expected:
+            if status_counts(shop.engine)[OutboxStatus.SENT.value] == expected:
                 return True
             idle.wait(POLL)  # retries are not due yet
     return False

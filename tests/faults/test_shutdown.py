@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from plugin import Settings, Tracker
-from plugin.demo.receiver import Receiver
-from plugin.models import Status
+from shop_events import Settings, Tracker
+from shop_events.storage.enums import OutboxStatus
+from shop_events.testing import Receiver
+
 from tests.faults.conftest import (
     Workers,
     add_events,
@@ -58,7 +59,7 @@ def test_sigterm_finishes_sends_releases_the_rest_and_nothing_is_lost(
     receiver.latency = 0.0
     second = workers.start(config, "second")
     drained = wait_until(
-        lambda: status_counts(shop.engine)[Status.SENT.value] == BACKLOG, DRAIN_TIMEOUT
+        lambda: status_counts(shop.engine)[OutboxStatus.SENT.value] == BACKLOG, DRAIN_TIMEOUT
     )
     second_code, _ = second.terminate()
     rows = outbox_rows(shop.engine)
@@ -69,7 +70,7 @@ def test_sigterm_finishes_sends_releases_the_rest_and_nothing_is_lost(
         in_flight_at_sigterm=in_flight_at_sigterm,
         sent_by_first_worker=len(sent_by_first),
         exit_seconds=round(exit_seconds, 2),
-        in_flight_after_exit=sum(r.status == Status.IN_FLIGHT.value for r in after_first),
+        in_flight_after_exit=sum(r.status == OutboxStatus.IN_FLIGHT.value for r in after_first),
     )
     result.show(f"shutdown, {engine_name(database_url)}")
 
@@ -85,9 +86,9 @@ def test_sigterm_finishes_sends_releases_the_rest_and_nothing_is_lost(
     assert requests_from_first == len(sent_by_first)
     assert 0 < len(sent_by_first) < BACKLOG
     # unsent claims were given back, not left to expire
-    assert {r.status for r in after_first} == {Status.SENT.value, Status.PENDING.value}
+    assert {r.status for r in after_first} == {OutboxStatus.SENT.value, OutboxStatus.PENDING.value}
     assert all(r.lease_token is None for r in after_first)
-    assert all(r.attempts == 0 for r in after_first if r.status == Status.PENDING.value)
+    assert all(r.attempts == 0 for r in after_first if r.status == OutboxStatus.PENDING.value)
 
     assert drained, f"statuses {status_counts(shop.engine)}\n{workers.outputs()}"
     assert second_code == 0, workers.outputs()

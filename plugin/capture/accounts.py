@@ -1,0 +1,266 @@
+"""Account hooks: sign-ups, logins, passwords, contact data and consent.
+
+Logins, password events and contact updates are transactional: they are sent even to contacts
+who opted out of marketing. An unfinished registration is a marketing flow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, case, update
+from sqlalchemy.orm import Session
+
+from ..abandonment.flows import MARKETING_SUBJECTS
+from ..errors import ValidationError
+from ..payload.contacts import check_name, check_phone, profile_inputs
+from ..payload.events import Param, build_body
+from ..payload.validation import check_email, check_event_size, check_url
+from ..storage import caps
+from ..storage.engines import upsert
+from ..storage.enums import FlowState, OutboxStatus
+from ..storage.tables import consent, outbox, registrations
+from .base import Hooks
+
+
+class AccountHooks(Hooks):
+    """Registration, login, password, contact and consent hooks."""
+
+    # -- registration ------------------------------------------------------------------------
+
+    def registration_started(
+        self,
+        email: str,
+        *,
+        user_agent: str | None = None,
+        session: Session | None = None,
+        connection: Connection | None = None,
+        **params: Any,
+    ) -> None:
+        """A sign-up began; without :meth:`registration_completed` within
+        ``unfinished_registration.after`` it becomes an ``unfinished_registration`` event
+        carrying ``email`` and ``params``.
+        """
+        contact = check_email(email)
+        pairs: list[Param] = list(params.items())
+        flow = self.settings.unfinished_registration
+        # the event is checked now, so a bad param fails here and not at scan time
+        check_event_size(
+            build_body(
+                flow.event_type_key,
+                contact,
+                [("email", contact), *pairs],
+                self.settings.api.version,
+            ),
+            self.settings.api.max_event_bytes,
+        )
+        if self._bot("registration_started", user_agent, contact):
+            return
+        stored = json.dumps(pairs, ensure_ascii=False, default=str)
+        now = self.clock()
+
+        def write(conn: Connection) -> None:
+            stmt = upsert(conn, registrations).values(
+                email=contact,
+                params=stored,
+                version=1,
+                state=FlowState.ACTIVE.value,
+                skip_reason=None,
+                last_activity_at=now,
+            )
+            active = registrations.c.state == FlowState.ACTIVE.value
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[registrations.c.email],
+                    set_={
+                        "params": stmt.excluded.params,
+                        "version": case(
+                            (active, registrations.c.version), else_=registrations.c.version + 1
+                        ),
+                        "state": FlowState.ACTIVE.value,
+                        "skip_reason": None,
+                        "last_activity_at": now,
+                    },
+                )
+            )
+
+        self._write("registration_started", session, connection, write)
+
+    def registration_completed(
+        self,
+        email: str,
+        *,
+        session: Session | None = None,
+        connection: Connection | None = None,
+    ) -> None:
+        """The sign-up finished: no reminder is sent, and a queued one is dropped."""
+        contact = check_email(email)
+        now = self.clock()
+        self._write(
+            "registration_completed",
+            session,
+            connection,
+            lambda conn: conn.execute(
+                update(registrations)
+                .where(registrations.c.email == contact)
+                .values(state=FlowState.COMPLETED.value, last_activity_at=now)
+            ),
+        )
+
+    # -- login and password (transactional) --------------------------------------------------
+
+    def logged_in(
+        self,
+        email: str,
+        *,
+        user_agent: str | None = None,
+        session: Session | None = None,
+        connection: Connection | None = None,
+        **params: Any,
+    ) -> None:
+        """A login: queues ``events.login`` at once."""
+        self._account_event(
+            "logged_in", self.settings.events.login, email, params, user_agent, session, connection
+        )
+
+    def password_changed(
+        self,
+        email: str,
+        *,
+        session: Session | None = None,
+        connection: Connection | None = None,
+        **params: Any,
+    ) -> None:
+        """A password change: queues ``events.password_change`` at once."""
+        self._account_event(
+            "password_changed",
+            self.settings.events.password_change,
+            email,
+            params,
+            None,
+            session,
+            connection,
+        )
+
+    def password_reset_requested(
+        self,
+        email: str,
+        *,
+        reset_url: str,
+        session: Session | None = None,
+        connection: Connection | None = None,
+        **params: Any,
+    ) -> None:
+        """A reset was asked for: queues ``events.password_reset`` with ``reset_url``."""
+        url = check_url(reset_url, "reset_url")
+        self._account_event(
+            "password_reset_requested",
+            self.settings.events.password_reset,
+            email,
+            {"reset_url": url, **params},
+            None,
+            session,
+            connection,
+        )
+
+    def _account_event(
+        self,
+        what: str,
+        event_type: str,
+        email: str,
+        params: Mapping[str, Any],
+        user_agent: str | None,
+        session: Session | None,
+        connection: Connection | None,
+    ) -> None:
+        contact = check_email(email)
+        event = self._immediate_event(event_type, contact, [("email", contact), *params.items()])
+        if not self._bot(what, user_agent, contact):
+            self._queue(what, [event], session, connection)
+
+    # -- contacts (transactional) ------------------------------------------------------------
+
+    def contact_upserted(
+        self,
+        email: str,
+        *,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        phone: str | None = None,
+        fields: Mapping[int | str, Any] | None = None,
+        created: bool = False,
+        session: Session | None = None,
+        connection: Connection | None = None,
+    ) -> None:
+        """Create (``created=True``) or update a contact: ``create_contact``/``update_contact``
+        with ``email``, the names and phone, and ``json`` holding the additional fields.
+
+        Every value is checked first: the platform would silently ignore the whole contact.
+        """
+        contact = check_email(email)
+        rules = self.settings.contacts
+        params: list[Param] = [("email", contact)]
+        if first_name is not None:
+            params.append(("firstName", check_name(first_name, "first_name", rules)))
+        if last_name is not None:
+            params.append(("lastName", check_name(last_name, "last_name", rules)))
+        if phone is not None:
+            params.append(("phone", check_phone(phone, rules)))
+        if fields:
+            params.append(("json", {"profileInputs": profile_inputs(fields, rules)}))
+        if not isinstance(created, bool):
+            raise ValidationError("created", f"must be True or False, got {created!r}")
+        keys = self.settings.events
+        event_type = keys.create_contact if created else keys.update_contact
+        event = self._immediate_event(event_type, contact, params)
+        self._queue("contact_upserted", [event], session, connection)
+
+    # -- consent -----------------------------------------------------------------------------
+
+    def opted_out(
+        self, email: str, *, session: Session | None = None, connection: Connection | None = None
+    ) -> None:
+        """The contact withdrew marketing consent: marketing flows skip them, and their queued
+        marketing events are superseded. Transactional events still go out.
+        """
+        contact = check_email(email)
+        now = self.clock()
+
+        def write(conn: Connection) -> None:
+            _set_consent(conn, contact, True, now)
+            superseded = conn.execute(
+                update(outbox)
+                .where(
+                    outbox.c.key_value == contact,
+                    outbox.c.status == OutboxStatus.PENDING.value,
+                    outbox.c.subject_type.in_(MARKETING_SUBJECTS),
+                )
+                .values(status=OutboxStatus.SUPERSEDED.value, last_error="the contact opted out")
+                .returning(outbox.c.event_type_key, outbox.c.created_at)
+            ).all()
+            for row in superseded:  # never sent: it does not use up the contact's cap
+                caps.give_back(conn, row.event_type_key, contact, row.created_at)
+
+        self._write("opted_out", session, connection, write)
+
+    def opted_in(
+        self, email: str, *, session: Session | None = None, connection: Connection | None = None
+    ) -> None:
+        """The contact (again) accepts marketing."""
+        contact = check_email(email)
+        now = self.clock()
+        self._write(
+            "opted_in", session, connection, lambda conn: _set_consent(conn, contact, False, now)
+        )
+
+
+def _set_consent(conn: Connection, email: str, opted_out: bool, now: Any) -> None:
+    stmt = upsert(conn, consent).values(email=email, opted_out=opted_out, updated_at=now)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[consent.c.email],
+            set_={"opted_out": opted_out, "updated_at": now},
+        )
+    )

@@ -1,0 +1,113 @@
+"""What every capture hook shares: checks common to all, bots, and the one way rows are written.
+
+Hooks only write rows, never touch the network, and join the host's transaction when given its
+``session=`` or ``connection=``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ..clock import Clock
+from ..config import Settings
+from ..errors import StorageError, ValidationError
+from ..payload.events import Param, build_body
+from ..payload.items import Item
+from ..payload.validation import check_event_size, encode_body
+from ..scheduler import Scheduler
+from ..storage.engines import transaction
+from ..storage.outbox import NewEvent, enqueue
+from .bots import is_bot
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ItemsArg = Sequence[Item | dict[str, Any]]
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def check_currency(value: object) -> str | None:
+    """An optional ISO 4217 code such as ``EUR``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+        raise ValidationError("currency", f"must be a 3-letter ISO 4217 code, got {value!r}")
+    return value
+
+
+class Hooks:
+    """Base of the capture mixins; :class:`shop_events.tracker.Tracker` puts them together."""
+
+    settings: Settings
+    engine: Engine
+    clock: Clock
+    scheduler: Scheduler
+
+    def _bot(self, what: str, user_agent: str | None = None, email: str | None = None) -> bool:
+        """True (and logged at DEBUG) when the capture comes from a bot: it creates nothing."""
+        if user_agent is not None and not isinstance(user_agent, str):
+            raise ValidationError(
+                "user_agent", f"must be a string, got {type(user_agent).__name__}"
+            )
+        if is_bot(self.settings.bots, user_agent, email):
+            log.debug("%s ignored: bot traffic", what)
+            return True
+        return False
+
+    def _immediate_event(
+        self,
+        event_type_key: str,
+        key_value: str,
+        params: Sequence[Param],
+        *,
+        dedupe_key: str | None = None,
+        subject_type: str | None = None,
+        subject_id: str | None = None,
+    ) -> NewEvent:
+        """A checked event for the outbox, built now (its body is what will be sent)."""
+        body = build_body(event_type_key, key_value, params, self.settings.api.version)
+        check_event_size(body, self.settings.api.max_event_bytes)
+        return NewEvent(
+            dedupe_key=dedupe_key or f"{event_type_key}:{uuid.uuid4()}",
+            event_type_key=event_type_key,
+            key_value=key_value,
+            api_path=self.settings.api.event_path,
+            body=encode_body(body).decode("utf-8"),
+            subject_type=subject_type,
+            subject_id=subject_id,
+        )
+
+    def _queue(
+        self,
+        what: str,
+        events: Sequence[NewEvent],
+        session: Session | None,
+        connection: Connection | None,
+    ) -> None:
+        now = self.clock()
+        self._write(what, session, connection, lambda conn: enqueue(conn, events, now))
+
+    def _write(
+        self,
+        what: str,
+        session: Session | None,
+        connection: Connection | None,
+        write: Callable[[Connection], T],
+    ) -> T:
+        if session is not None and connection is not None:
+            raise ValidationError("session", "pass session= or connection=, not both")
+        self.scheduler.ensure_running()
+        try:
+            with transaction(self.engine, session or connection) as conn:
+                return write(conn)
+        except SQLAlchemyError as exc:
+            log.error("%s was not recorded: %s", what, exc.__class__.__name__)
+            reason = getattr(exc, "orig", None) or exc
+            raise StorageError(f"{what} was not recorded: {reason}") from exc

@@ -1,0 +1,238 @@
+"""Order hooks: an order converts the shopper's cart and browse and raises order events;
+optionally the order also goes to the platform's Orders API.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from sqlalchemy import Connection, or_, select, update
+from sqlalchemy.orm import Session
+
+from ..delivery.dispatcher import ORDERS_API_PATH
+from ..errors import ValidationError
+from ..payload.events import Param, build_items_event
+from ..payload.items import CanonicalItem, canonical_items, items_total, price_text
+from ..payload.validation import check_email, check_host_id, dump_json, encode_body
+from ..storage.engines import upsert
+from ..storage.enums import FlowState
+from ..storage.outbox import NewEvent, enqueue
+from ..storage.tables import browses, carts, orders
+from .base import Hooks, ItemsArg, check_currency
+from .identity import OPEN_STATES
+
+STATUS_MAX = 64
+"""The length of ``shop_events_orders.status``."""
+
+
+def check_status(value: object) -> str:
+    """An order status, upper-cased (``delivered`` → ``DELIVERED``), at most 64 characters."""
+    status = check_host_id(value, "status").upper()
+    if len(status) > STATUS_MAX:
+        raise ValidationError(
+            "status", f"must be at most {STATUS_MAX} characters, got {len(status)}"
+        )
+    return status
+
+
+class OrderHooks(Hooks):
+    """``order_placed`` and ``order_status_changed``."""
+
+    def order_placed(
+        self,
+        order_id: str | int,
+        *,
+        email: str,
+        items: ItemsArg,
+        total: Any = None,
+        currency: str | None = None,
+        cart_id: str | int | None = None,
+        status: str = "INITIALIZED",
+        user_agent: str | None = None,
+        session: Session | None = None,
+        connection: Connection | None = None,
+    ) -> None:
+        """An order: queues its event and converts the shopper's carts and browse.
+
+        Every open cart of ``cart_id`` or of the same email stops being a candidate for
+        abandonment, and a reminder already queued for it is dropped at send time.
+        """
+        order_key = check_host_id(order_id, "order_id")
+        contact = check_email(email)
+        checked = canonical_items(items)
+        amount = price_text(total, "total") if total is not None else items_total(checked)
+        code = check_currency(currency)
+        cart_key = check_host_id(cart_id, "cart_id") if cart_id is not None else None
+        order_status = check_status(status)
+        if self._bot(f"order_placed({order_key!r})", user_agent, contact):
+            return
+        now = self.clock()
+        payload = {
+            "items": checked,
+            "total": amount,
+            "currency": code,
+            "placed_at": now.isoformat(timespec="seconds"),
+        }
+        events = self._order_events(
+            order_key, contact, order_status, payload, self.settings.orders.event_type_key
+        )
+
+        def write(conn: Connection) -> None:
+            owner = carts.c.email == contact
+            if cart_key is not None:
+                owner = or_(owner, carts.c.cart_id == cart_key)
+            conn.execute(
+                update(carts)
+                .where(owner, carts.c.state.in_(OPEN_STATES))
+                .values(state=FlowState.CONVERTED.value)
+            )
+            conn.execute(
+                update(browses)
+                .where(browses.c.email == contact, browses.c.state.in_(OPEN_STATES))
+                .values(state=FlowState.CONVERTED.value)
+            )
+            stored = upsert(conn, orders).values(
+                order_id=order_key,
+                email=contact,
+                status=order_status,
+                payload=dump_json(payload),
+                created_at=now,
+                updated_at=now,
+            )
+            conn.execute(
+                stored.on_conflict_do_update(
+                    index_elements=[orders.c.order_id],
+                    set_={
+                        "email": contact,
+                        "status": order_status,
+                        "payload": stored.excluded.payload,
+                        "updated_at": now,
+                    },
+                )
+            )
+            enqueue(conn, events, now)
+
+        self._write(f"order_placed({order_key!r})", session, connection, write)
+
+    def order_status_changed(
+        self,
+        order_id: str | int,
+        *,
+        status: str,
+        email: str | None = None,
+        session: Session | None = None,
+        connection: Connection | None = None,
+    ) -> None:
+        """The order moved on: ``orderDelivered``, ``orderCancelled`` … by ``orders.status_events``.
+
+        The order must have been placed through :meth:`order_placed`, or ``email`` given.
+        """
+        order_key = check_host_id(order_id, "order_id")
+        order_status = check_status(status)
+        contact = check_email(email) if email is not None else None
+        settings = self.settings.orders
+        event_type = settings.status_events.get(order_status, settings.updated_event_type_key)
+        now = self.clock()
+
+        def write(conn: Connection) -> None:
+            row = conn.execute(select(orders).where(orders.c.order_id == order_key)).first()
+            if row is None and contact is None:
+                raise ValidationError(
+                    "order_id", f"{order_key!r} is unknown: place it first, or pass email="
+                )
+            payload = (
+                json.loads(row.payload)
+                if row
+                else {"items": [], "total": "0", "placed_at": now.isoformat(timespec="seconds")}
+            )
+            to = contact or row.email  # type: ignore[union-attr]
+            events = self._order_events(order_key, to, order_status, payload, event_type)
+            if row is not None:
+                conn.execute(
+                    update(orders)
+                    .where(orders.c.order_id == order_key)
+                    .values(status=order_status, updated_at=now)
+                )
+            enqueue(conn, events, now)
+
+        self._write(f"order_status_changed({order_key!r})", session, connection, write)
+
+    def _order_events(
+        self, order_id: str, email: str, status: str, payload: dict[str, Any], event_type: str
+    ) -> list[NewEvent]:
+        items: list[CanonicalItem] = payload["items"]
+        tail: list[Param] = [
+            ("order_id", order_id),
+            ("status", status),
+            ("total", payload["total"]),
+        ]
+        if payload.get("currency"):
+            tail.append(("currency", payload["currency"]))
+        body, _ = build_items_event(
+            event_type, email, [("email", email)], items, tail, self.settings
+        )
+        events = [
+            NewEvent(
+                dedupe_key=f"{event_type}:{order_id}:{status}",
+                event_type_key=event_type,
+                key_value=email,
+                api_path=self.settings.api.event_path,
+                body=body,
+                subject_type="order",
+                subject_id=order_id,
+            )
+        ]
+        if self.settings.orders.api:
+            events.append(
+                NewEvent(
+                    dedupe_key=f"orders-api:{order_id}:{status}",
+                    event_type_key="orders_api",
+                    key_value=email,
+                    api_path=ORDERS_API_PATH,
+                    body=encode_body(orders_api_order(order_id, email, status, payload)).decode(),
+                    subject_type="order",
+                    subject_id=order_id,
+                )
+            )
+        return events
+
+
+def orders_api_order(
+    order_id: str, email: str, status: str, payload: dict[str, Any]
+) -> dict[str, Any]:
+    """One order in the Orders API's format (``/v1/orders``; re-sending an id updates it).
+
+    Unlike event params, this API takes amounts and quantities as JSON numbers.
+    """
+    order: dict[str, Any] = {
+        "externalOrderId": order_id,
+        "externalCustomerId": email,
+        "email": email,
+        "status": status,
+        "totalCost": _amount(payload["total"], "total"),
+        "date": payload["placed_at"],
+        "items": [
+            {
+                "externalItemId": item.get("sku") or item.get("url") or item["name"],
+                "name": item["name"],
+                "cost": _amount(item["price"], f"items[{i}].price"),
+                "quantity": int(item.get("quantity", "1")),
+                **({"url": item["url"]} if "url" in item else {}),
+                **({"imageUrl": item["imageurl"]} if "imageurl" in item else {}),
+            }
+            for i, item in enumerate(payload["items"])
+        ],
+    }
+    if payload.get("currency"):
+        order["currency"] = payload["currency"]
+    return order
+
+
+def _amount(text: str, field: str) -> float:
+    """An amount as a JSON number; one too big for a float would be written ``Infinity``."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValidationError(field, f"is too large for the Orders API, got {text[:20]}…")
+    return number

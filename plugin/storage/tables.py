@@ -1,0 +1,179 @@
+"""The plugin's own tables (prefix ``shop_events_``) on their own ``MetaData``.
+
+Each index serves one query: ``ix_shop_events_carts_due`` the abandonment scan,
+``ix_shop_events_outbox_due`` and ``ix_shop_events_outbox_lease`` the dispatcher's claim,
+``ix_shop_events_outbox_subject`` superseding a cart's queued events.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC on every engine (so SQLite compares text correctly); read back aware."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the plugin works in aware UTC only")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+carts = Table(
+    "shop_events_carts",
+    metadata,
+    Column("cart_id", String(255), primary_key=True),
+    Column("email", String(254), nullable=True),
+    Column("visitor_id", String(255), nullable=True),
+    Column("items", Text, nullable=False),
+    Column("currency", String(3), nullable=True),
+    Column("restore_url", String(2048), nullable=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("skip_reason", String(32), nullable=True),
+    Column("last_activity_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_shop_events_carts_due", "state", "last_activity_at"),
+    Index("ix_shop_events_carts_email", "email"),
+    Index("ix_shop_events_carts_visitor", "visitor_id"),
+)
+
+browses = Table(
+    "shop_events_browses",
+    metadata,
+    Column("browse_key", String(300), primary_key=True),
+    Column("email", String(254), nullable=True),
+    Column("visitor_id", String(255), nullable=True),
+    Column("items", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("skip_reason", String(32), nullable=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("last_activity_at", UTCDateTime, nullable=False),
+    Index("ix_shop_events_browses_due", "state", "last_activity_at"),
+    Index("ix_shop_events_browses_email", "email"),
+)
+"""Products a shopper viewed; keyed ``e:<email>`` or ``v:<visitor id>`` until identified."""
+
+registrations = Table(
+    "shop_events_registrations",
+    metadata,
+    Column("email", String(254), primary_key=True),
+    Column("params", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("skip_reason", String(32), nullable=True),
+    Column("last_activity_at", UTCDateTime, nullable=False),
+    Index("ix_shop_events_registrations_due", "state", "last_activity_at"),
+)
+
+orders = Table(
+    "shop_events_orders",
+    metadata,
+    Column("order_id", String(255), primary_key=True),
+    Column("email", String(254), nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_shop_events_orders_updated", "updated_at"),
+)
+"""Orders seen, so a later status change knows its contact and products."""
+
+visitors = Table(
+    "shop_events_visitors",
+    metadata,
+    Column("visitor_id", String(255), primary_key=True),
+    Column("email", String(254), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+"""Which contact an anonymous visitor id turned out to be (``identify``)."""
+
+consent = Table(
+    "shop_events_consent",
+    metadata,
+    Column("email", String(254), primary_key=True),
+    Column("opted_out", Boolean, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+outbox = Table(
+    "shop_events_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(500), nullable=False, unique=True),
+    Column("event_type_key", String(100), nullable=False),
+    Column("key_value", String(300), nullable=False),
+    Column("api_path", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("subject_type", String(32), nullable=True),
+    Column("subject_id", String(300), nullable=True),
+    Column("subject_version", Integer, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_token", String(36), nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("response_status", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Index("ix_shop_events_outbox_due", "status", "next_attempt_at"),
+    Index("ix_shop_events_outbox_lease", "status", "lease_expires_at"),
+    Index("ix_shop_events_outbox_subject", "subject_type", "subject_id"),
+    Index("ix_shop_events_outbox_created", "status", "created_at"),
+)
+
+caps = Table(
+    "shop_events_caps",
+    metadata,
+    Column("flow", String(100), primary_key=True),
+    Column("contact", String(300), primary_key=True),
+    Column("last_at", UTCDateTime, nullable=False),
+)
+"""When each contact was last sent each marketing flow: the frequency cap's memory."""
+
+runtime_state = Table(
+    "shop_events_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=True),
+    Column("until", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+"""Shared flags of all processes, e.g. ``delivery_paused`` after a 401."""
