@@ -135,39 +135,38 @@ def dispatch() -> None:
 def status(as_json: bool) -> None:
     """Counts by status and type, oldest pending age, pause and last error."""
     tracker = _tracker()
-    summary = tracker.summary()
-    now = tracker.clock()
-    with tracker.engine.connect() as conn:
-        current = pause.current(conn)
-    age = (now - summary.oldest_pending).total_seconds() if summary.oldest_pending else None
+    health = tracker.health()
+    current = health.pause
+    oldest = health.oldest_pending_age
+    age = oldest.total_seconds() if oldest is not None else None
     report: dict[str, Any] = {
-        "by_status": summary.by_status,
-        "by_type": summary.by_type,
+        "by_status": health.by_status,
+        "by_type": health.by_type,
         "oldest_pending_age_seconds": age,
-        "paused": bool(current and current.active(now)),
+        "paused": health.paused,
         "pause_reason": current.reason if current else None,
         "paused_until": current.until.isoformat() if current else None,
-        "last_error": summary.last_error,
+        "last_error": health.last_error,
         "api_key_set": tracker.transport.ready,
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo("events by status: " + ", ".join(f"{k} {v}" for k, v in summary.by_status.items()))
-    for event_type, counts in sorted(summary.by_type.items()):
+    click.echo("events by status: " + ", ".join(f"{k} {v}" for k, v in health.by_status.items()))
+    for event_type, counts in sorted(health.by_type.items()):
         click.echo(f"  {event_type}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     click.echo(
         "oldest pending: "
         + (format_duration(timedelta(seconds=int(age))) + " old" if age is not None else "none")
     )
     if current:
-        state = "paused" if current.active(now) else "probing after a pause"
+        state = "paused" if health.paused else "probing after a pause"
         until = current.until.isoformat(timespec="seconds")
         click.echo(f"delivery {state} until {until}: {current.reason}")
     else:
         click.echo("delivery running" if tracker.transport.ready else "delivery waits: no api.key")
-    if summary.last_error:
-        click.echo(f"last error: {summary.last_error}")
+    if health.last_error:
+        click.echo(f"last error: {health.last_error}")
 
 
 @click.command("send-test")

@@ -5,68 +5,42 @@ browses and registrations and consent records are never purged.
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import (
-    Column,
-    ColumnElement,
-    Connection,
-    Engine,
-    Table,
-    delete,
-    select,
-    tuple_,
-)
+from sqlalchemy import Connection, Engine
 
 from .config import RetentionSettings
-from .storage.enums import FlowState, OutboxStatus
-from .storage.tables import browses, caps, carts, orders, outbox, registrations
+from .storage import activity, caps, orders, outbox
+from .storage.activity import SUBJECTS
+from .storage.enums import OutboxStatus, Subject
 
 MAX_BATCHES = 10_000
+DeleteBatch = Callable[[Connection, datetime, int], int]
+"""Deletes up to ``limit`` rows older than the cutoff; returns how many."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """Rows of one table that may go: older than the cutoff by ``age`` and matching ``where``."""
-
-    table: Table
-    key: Column[object]
-    age: Column[datetime]
-    finished: tuple[str, ...] | None
-    """States/statuses that may be purged (None: any)."""
-    state: Column[str] | None = None
-
-
-def targets(dead_letters: bool = False) -> list[Target]:
-    """What retention deletes; with ``dead_letters`` the dead outbox rows too."""
-    done = (
-        FlowState.ABANDONED,
-        FlowState.CONVERTED,
-        FlowState.CLEARED,
-        FlowState.COMPLETED,
-        FlowState.SUPPRESSED,
-    )
-    finished = tuple(s.value for s in done)
-    statuses = [OutboxStatus.SENT.value, OutboxStatus.SUPERSEDED.value]
+def targets(dead_letters: bool = False) -> dict[str, DeleteBatch]:
+    """What retention deletes, by table; with ``dead_letters`` the dead outbox rows too."""
+    statuses = [OutboxStatus.SENT, OutboxStatus.SUPERSEDED]
     if dead_letters:
-        statuses.append(OutboxStatus.DEAD.value)
-    return [
-        Target(outbox, outbox.c.id, outbox.c.created_at, tuple(statuses), outbox.c.status),
-        Target(carts, carts.c.cart_id, carts.c.last_activity_at, finished, carts.c.state),
-        Target(
-            browses, browses.c.browse_key, browses.c.last_activity_at, finished, browses.c.state
-        ),
-        Target(
-            registrations,
-            registrations.c.email,
-            registrations.c.last_activity_at,
-            finished,
-            registrations.c.state,
-        ),
-        Target(orders, orders.c.order_id, orders.c.updated_at, None),
-        Target(caps, caps.c.contact, caps.c.last_at, None),
-    ]
+        statuses.append(OutboxStatus.DEAD)
+
+    def finished_events(conn: Connection, cutoff: datetime, limit: int) -> int:
+        return outbox.delete_before(conn, cutoff, statuses, limit)
+
+    def activity_of(subject: Subject) -> DeleteBatch:
+        def delete(conn: Connection, cutoff: datetime, limit: int) -> int:
+            return activity.delete_finished_before(conn, subject, cutoff, limit)
+
+        return delete
+
+    return {
+        outbox.TABLE: finished_events,
+        **{activity.table_name(subject): activity_of(subject) for subject in SUBJECTS},
+        orders.TABLE: orders.delete_before,
+        caps.TABLE: caps.delete_before,
+    }
 
 
 def purge(
@@ -85,29 +59,14 @@ def purge(
     """
     age = older_than if older_than is not None else timedelta(days=settings.days)
     counts: dict[str, int] = {}
-    for target in targets(dead_letters):
-        kept = max(age, keep_caps_for) if target.table is caps else age
-        conditions: list[ColumnElement[bool]] = [target.age < now - kept]
-        if target.finished is not None and target.state is not None:
-            conditions.append(target.state.in_(target.finished))
+    for table, delete_batch in targets(dead_letters).items():
+        kept = max(age, keep_caps_for) if table == caps.TABLE else age
         total = 0
         for _ in range(MAX_BATCHES):
             with engine.begin() as conn:
-                deleted = _delete_batch(conn, target, conditions, settings.batch)
+                deleted = delete_batch(conn, now - kept, settings.batch)
             total += deleted
             if deleted < settings.batch:
                 break
-        counts[target.table.name] = total
+        counts[table] = total
     return counts
-
-
-def _delete_batch(
-    conn: Connection, target: Target, conditions: list[ColumnElement[bool]], size: int
-) -> int:
-    if target.table is caps:  # two-column key: the batch is a set of (flow, contact) pairs
-        pairs = select(caps.c.flow, caps.c.contact).where(*conditions).limit(size)
-        return conn.execute(
-            delete(caps).where(tuple_(caps.c.flow, caps.c.contact).in_(pairs))
-        ).rowcount
-    batch = select(target.key).where(*conditions).limit(size).scalar_subquery()
-    return conn.execute(delete(target.table).where(target.key.in_(batch))).rowcount

@@ -28,10 +28,12 @@ from .config import Settings
 from .delivery.dispatcher import Dispatcher, DispatchResult
 from .delivery.transport import Transport
 from .errors import StorageError, ValidationError
+from .health import Health, read_health
 from .payload.validation import DEDUPE_KEY_MAX, check_text
 from .retention import purge
 from .scheduler import Scheduler
 from .storage.engines import make_engine
+from .storage.enums import Subject
 from .storage.outbox import Summary, summarize
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
             self.dispatcher.drain,
             {"retention": (self.purge, self.settings.retention.interval)},
         )
+        self.before_write = self.scheduler.ensure_running
 
     def __repr__(self) -> str:
         return f"Tracker(database={self.engine.url!r}, api={self.transport!r})"
@@ -98,7 +101,7 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
             key_value,
             list((params or {}).items()),
             dedupe_key=dedupe_key,
-            subject_type="marketing" if marketing else None,
+            subject_type=Subject.MARKETING if marketing else None,
         )
         self._queue(f"custom_event({event_type_key!r})", [event], session, connection)
         return event.dedupe_key
@@ -144,6 +147,10 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
     def stats(self) -> dict[str, int]:
         """Outbox counts by status."""
         return self.summary().by_status
+
+    def health(self) -> Health:
+        """What ``shop-events status`` and the operator health page show, as of now."""
+        return read_health(self.engine, self.settings, self.clock())
 
     def migrate(self) -> None:
         """Create or upgrade the plugin's tables to the newest migration."""

@@ -370,6 +370,7 @@ def test_scan_then_dispatch(
 # ---------------------------------------------------------------------------- real worker
 
 
+@pytest.mark.slow
 def test_worker_process_sends_and_stops_cleanly_on_sigterm(
     tmp_path: Path, receiver: Receiver, tracker_at: Callable[[datetime], Tracker]
 ) -> None:

@@ -17,7 +17,7 @@ from shop_events.storage.tables import browses, caps, carts, consent, orders, ou
 from shop_events.testing import Receiver, Reply
 from sqlalchemy import select
 
-from tests.conftest import SettingsFactory
+from tests.support import SettingsFactory
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 ITEMS = [Item(name="Hair styler", price="341", url="https://shop.example/p/1")]
@@ -45,14 +45,20 @@ def tracker(make_settings: SettingsFactory) -> Iterator[Tracker]:
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Every delete statement retention runs, as ``(table, rows deleted)``."""
     seen: list[tuple[str, int]] = []
-    real = retention._delete_batch
+    real = retention.targets
 
-    def spy(conn: Any, target: retention.Target, conditions: Any, size: int) -> int:
-        deleted = real(conn, target, conditions, size)
-        seen.append((target.table.name, deleted))
-        return deleted
+    def spy(table: str, delete_batch: retention.DeleteBatch) -> retention.DeleteBatch:
+        def run(conn: Any, cutoff: Any, limit: int) -> int:
+            deleted = delete_batch(conn, cutoff, limit)
+            seen.append((table, deleted))
+            return deleted
 
-    monkeypatch.setattr(retention, "_delete_batch", spy)
+        return run
+
+    def spied(dead_letters: bool = False) -> dict[str, retention.DeleteBatch]:
+        return {table: spy(table, run) for table, run in real(dead_letters).items()}
+
+    monkeypatch.setattr(retention, "targets", spied)
     return seen
 
 

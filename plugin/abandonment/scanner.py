@@ -11,15 +11,14 @@ import dataclasses
 import logging
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine
 
 from ..clock import Clock, utcnow
 from ..config import Settings
-from ..storage import caps
-from ..storage.engines import locked_batch
-from ..storage.enums import FlowState
+from ..storage import activity, caps, consent
+from ..storage.enums import FlowState, SkipReason
 from ..storage.outbox import NewEvent, enqueue
-from .flows import Flow, Row, due_condition, flows, opted_out
+from .flows import Flow, Row, flows
 
 log = logging.getLogger(__name__)
 
@@ -71,53 +70,42 @@ class Scanner:
         return result
 
     def _scan_batch(self, conn: Connection, flow: Flow, now: datetime, result: ScanResult) -> int:
-        due = due_condition(flow, now)
-        batch = locked_batch(
-            select(flow.key)
-            .where(due)
-            .order_by(flow.table.c.last_activity_at)
-            .limit(flow.settings.scan_batch)
-        )
-        rows = conn.execute(
-            update(flow.table)
-            .where(flow.key == batch.c[flow.key.name], due)
-            .values(state=FlowState.ABANDONED.value)
-            .returning(*flow.table.c)
-        ).all()
+        settings = flow.settings
+        rows = activity.take_due(conn, flow.subject, now, settings.after, settings.scan_batch)
         events: list[NewEvent] = []
         contacts = [c for c in map(flow.contact, rows) if c]
-        refused = opted_out(conn, contacts) if flow.settings.marketing else set()
+        refused = consent.opted_out(conn, contacts) if settings.marketing else set()
         for row in rows:
-            state, reason = self._outcome(conn, flow, row, now, refused)
-            if state is FlowState.ABANDONED:
+            reason = self._skip_reason(conn, flow, row, now, refused)
+            if reason is None:
                 events.append(flow.event(row))
                 result.abandoned += 1
-                result.by_flow[flow.subject] = result.by_flow.get(flow.subject, 0) + 1
+                subject = flow.subject.value
+                result.by_flow[subject] = result.by_flow.get(subject, 0) + 1
                 continue
-            conn.execute(
-                update(flow.table)
-                .where(flow.key == row._mapping[flow.key.name])
-                .values(state=state.value, skip_reason=reason)
-            )
-            if state is FlowState.CONVERTED:
+            cancelled = reason is SkipReason.CANCELLED
+            state = FlowState.CONVERTED if cancelled else FlowState.SUPPRESSED
+            key = activity.key_of(flow.subject, row)
+            activity.set_outcome(conn, flow.subject, key, state, reason)
+            if cancelled:
                 result.converted += 1
             else:
                 result.suppressed += 1
         result.enqueued += enqueue(conn, events, now)
         return len(rows)
 
-    def _outcome(
+    def _skip_reason(
         self, conn: Connection, flow: Flow, row: Row, now: datetime, refused: set[str]
-    ) -> tuple[FlowState, str]:
-        """What becomes of a due row: abandoned (emit), converted or suppressed, and why."""
+    ) -> SkipReason | None:
+        """Why a due row emits nothing (cancelled: converted; else suppressed); None: emit."""
         contact = flow.contact(row)
         if not contact:
-            return FlowState.SUPPRESSED, "no_contact"
+            return SkipReason.NO_CONTACT
         if contact in refused:
-            return FlowState.SUPPRESSED, "opted_out"
+            return SkipReason.OPTED_OUT
         if flow.cancelled(conn, row):
-            return FlowState.CONVERTED, "cancelled"
+            return SkipReason.CANCELLED
         settings = flow.settings
         if not caps.take(conn, settings.event_type_key, contact, now, settings.contact_interval):
-            return FlowState.SUPPRESSED, "capped"
-        return FlowState.ABANDONED, ""
+            return SkipReason.CAPPED
+        return None

@@ -10,19 +10,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, case, update
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from ..abandonment.flows import MARKETING_SUBJECTS
 from ..errors import ValidationError
 from ..payload.contacts import check_name, check_phone, profile_inputs
 from ..payload.events import Param, build_body
 from ..payload.validation import check_email, check_event_size, check_url
-from ..storage import caps
-from ..storage.engines import upsert
-from ..storage.enums import FlowState, OutboxStatus
-from ..storage.tables import consent, outbox, registrations
-from .base import Hooks
+from ..storage import caps, consent, outbox, registrations
+from .base import HookParams, Hooks, check_params
 
 
 class AccountHooks(Hooks):
@@ -37,14 +33,14 @@ class AccountHooks(Hooks):
         user_agent: str | None = None,
         session: Session | None = None,
         connection: Connection | None = None,
-        **params: Any,
+        params: HookParams = None,
     ) -> None:
         """A sign-up began; without :meth:`registration_completed` within
         ``unfinished_registration.after`` it becomes an ``unfinished_registration`` event
         carrying ``email`` and ``params``.
         """
         contact = check_email(email)
-        pairs: list[Param] = list(params.items())
+        pairs = check_params(params)
         flow = self.settings.unfinished_registration
         # the event is checked now, so a bad param fails here and not at scan time
         check_event_size(
@@ -61,32 +57,12 @@ class AccountHooks(Hooks):
         stored = json.dumps(pairs, ensure_ascii=False, default=str)
         now = self.clock()
 
-        def write(conn: Connection) -> None:
-            stmt = upsert(conn, registrations).values(
-                email=contact,
-                params=stored,
-                version=1,
-                state=FlowState.ACTIVE.value,
-                skip_reason=None,
-                last_activity_at=now,
-            )
-            active = registrations.c.state == FlowState.ACTIVE.value
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[registrations.c.email],
-                    set_={
-                        "params": stmt.excluded.params,
-                        "version": case(
-                            (active, registrations.c.version), else_=registrations.c.version + 1
-                        ),
-                        "state": FlowState.ACTIVE.value,
-                        "skip_reason": None,
-                        "last_activity_at": now,
-                    },
-                )
-            )
-
-        self._write("registration_started", session, connection, write)
+        self._write(
+            "registration_started",
+            session,
+            connection,
+            lambda conn: registrations.start(conn, contact, stored, now),
+        )
 
     def registration_completed(
         self,
@@ -102,11 +78,7 @@ class AccountHooks(Hooks):
             "registration_completed",
             session,
             connection,
-            lambda conn: conn.execute(
-                update(registrations)
-                .where(registrations.c.email == contact)
-                .values(state=FlowState.COMPLETED.value, last_activity_at=now)
-            ),
+            lambda conn: registrations.complete(conn, contact, now),
         )
 
     # -- login and password (transactional) --------------------------------------------------
@@ -118,12 +90,12 @@ class AccountHooks(Hooks):
         user_agent: str | None = None,
         session: Session | None = None,
         connection: Connection | None = None,
-        **params: Any,
+        params: HookParams = None,
     ) -> None:
-        """A login: queues ``events.login`` at once."""
-        self._account_event(
-            "logged_in", self.settings.events.login, email, params, user_agent, session, connection
-        )
+        """A login: queues ``events.login`` at once, with ``params`` besides the email."""
+        pairs = check_params(params)
+        login = self.settings.events.login
+        self._account_event("logged_in", login, email, pairs, user_agent, session, connection)
 
     def password_changed(
         self,
@@ -131,14 +103,14 @@ class AccountHooks(Hooks):
         *,
         session: Session | None = None,
         connection: Connection | None = None,
-        **params: Any,
+        params: HookParams = None,
     ) -> None:
         """A password change: queues ``events.password_change`` at once."""
         self._account_event(
             "password_changed",
             self.settings.events.password_change,
             email,
-            params,
+            check_params(params),
             None,
             session,
             connection,
@@ -151,7 +123,7 @@ class AccountHooks(Hooks):
         reset_url: str,
         session: Session | None = None,
         connection: Connection | None = None,
-        **params: Any,
+        params: HookParams = None,
     ) -> None:
         """A reset was asked for: queues ``events.password_reset`` with ``reset_url``."""
         url = check_url(reset_url, "reset_url")
@@ -159,7 +131,7 @@ class AccountHooks(Hooks):
             "password_reset_requested",
             self.settings.events.password_reset,
             email,
-            {"reset_url": url, **params},
+            [("reset_url", url), *check_params(params)],
             None,
             session,
             connection,
@@ -170,13 +142,13 @@ class AccountHooks(Hooks):
         what: str,
         event_type: str,
         email: str,
-        params: Mapping[str, Any],
+        pairs: list[Param],
         user_agent: str | None,
         session: Session | None,
         connection: Connection | None,
     ) -> None:
         contact = check_email(email)
-        event = self._immediate_event(event_type, contact, [("email", contact), *params.items()])
+        event = self._immediate_event(event_type, contact, [("email", contact), *pairs])
         if not self._bot(what, user_agent, contact):
             self._queue(what, [event], session, connection)
 
@@ -229,19 +201,10 @@ class AccountHooks(Hooks):
         now = self.clock()
 
         def write(conn: Connection) -> None:
-            _set_consent(conn, contact, True, now)
-            superseded = conn.execute(
-                update(outbox)
-                .where(
-                    outbox.c.key_value == contact,
-                    outbox.c.status == OutboxStatus.PENDING.value,
-                    outbox.c.subject_type.in_(MARKETING_SUBJECTS),
-                )
-                .values(status=OutboxStatus.SUPERSEDED.value, last_error="the contact opted out")
-                .returning(outbox.c.event_type_key, outbox.c.created_at)
-            ).all()
-            for row in superseded:  # never sent: it does not use up the contact's cap
-                caps.give_back(conn, row.event_type_key, contact, row.created_at)
+            consent.record(conn, contact, True, now)
+            for event_type_key, queued_at in outbox.supersede_marketing(conn, contact):
+                # never sent: it does not use up the contact's cap
+                caps.give_back(conn, event_type_key, contact, queued_at)
 
         self._write("opted_out", session, connection, write)
 
@@ -252,15 +215,5 @@ class AccountHooks(Hooks):
         contact = check_email(email)
         now = self.clock()
         self._write(
-            "opted_in", session, connection, lambda conn: _set_consent(conn, contact, False, now)
+            "opted_in", session, connection, lambda conn: consent.record(conn, contact, False, now)
         )
-
-
-def _set_consent(conn: Connection, email: str, opted_out: bool, now: Any) -> None:
-    stmt = upsert(conn, consent).values(email=email, opted_out=opted_out, updated_at=now)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[consent.c.email],
-            set_={"opted_out": opted_out, "updated_at": now},
-        )
-    )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -22,7 +23,6 @@ from ..errors import StorageError, ValidationError
 from ..payload.events import Param, build_body
 from ..payload.items import Item
 from ..payload.validation import check_event_size, encode_body
-from ..scheduler import Scheduler
 from ..storage.engines import transaction
 from ..storage.outbox import NewEvent, enqueue
 from .bots import is_bot
@@ -31,6 +31,36 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 ItemsArg = Sequence[Item | dict[str, Any]]
 _CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+ParamValue = str | int | Decimal | bool
+HookParams = Mapping[str, ParamValue] | None
+"""Extra params of an account hook: text, whole numbers, decimals or true/false."""
+
+
+def check_params(params: HookParams) -> list[Param]:
+    """A hook's extra params as ``(name, value)`` pairs; true/false are sent as text."""
+    if params is None:
+        return []
+    if not isinstance(params, Mapping):
+        raise ValidationError(
+            "params", f"must be a mapping of param name to value, got {type(params).__name__}"
+        )
+    pairs: list[Param] = []
+    for name, value in params.items():
+        if not isinstance(name, str):
+            raise ValidationError("params", f"param names must be text, got {name!r}"[:120])
+        if isinstance(value, bool):
+            pairs.append((name, "true" if value else "false"))
+        elif isinstance(value, str | int | Decimal):
+            pairs.append((name, value))
+        else:
+            kind = type(value).__name__
+            raise ValidationError(
+                f"params[{name[:40]!r}]",
+                f"must be text, a whole number, a Decimal or true/false, got {kind}",
+            )
+    return pairs
 
 
 def check_currency(value: object) -> str | None:
@@ -48,7 +78,8 @@ class Hooks:
     settings: Settings
     engine: Engine
     clock: Clock
-    scheduler: Scheduler
+    before_write: Callable[[], None]
+    """Called before each write: the tracker restarts its jobs in a forked child there."""
 
     def _bot(self, what: str, user_agent: str | None = None, email: str | None = None) -> bool:
         """True (and logged at DEBUG) when the capture comes from a bot: it creates nothing."""
@@ -103,7 +134,7 @@ class Hooks:
     ) -> T:
         if session is not None and connection is not None:
             raise ValidationError("session", "pass session= or connection=, not both")
-        self.scheduler.ensure_running()
+        self.before_write()
         try:
             with transaction(self.engine, session or connection) as conn:
                 return write(conn)

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from ..errors import StorageError, ValidationError
+from ..errors import ValidationError
 from ..payload.items import Item, canonical_item
-from ..payload.validation import check_email, check_host_id, dump_json
-from ..storage.engines import upsert
-from ..storage.enums import FlowState
-from ..storage.tables import browses
+from ..payload.validation import check_email, check_host_id
+from ..storage import browses, visitors
 from .base import Hooks
-from .identity import (
-    MAX_RETRIES,
-    email_key,
-    known_email,
-    link_visitor,
-    merge_views,
-    visitor_key,
-)
+from .identity import link_visitor, view_merger
 
 
 class BrowseHooks(Hooks):
@@ -49,59 +38,16 @@ class BrowseHooks(Hooks):
         viewed = canonical_item(item, "item")
         if self._bot("product_viewed", user_agent, contact):
             return
-        limit = self.settings.abandoned_browse.max_items
         now = self.clock()
 
         def write(conn: Connection) -> None:
             if contact and visitor:
                 link_visitor(conn, self.settings, visitor, contact, now)
             # a visitor identified earlier keeps browsing as that contact
-            email = contact or known_email(conn, str(visitor))
-            key = email_key(email) if email else visitor_key(str(visitor))
-            for _ in range(MAX_RETRIES):
-                row = conn.execute(select(browses).where(browses.c.browse_key == key)).first()
-                if row is None:
-                    inserted = conn.execute(
-                        upsert(conn, browses)
-                        .values(
-                            browse_key=key,
-                            email=email,
-                            visitor_id=visitor,
-                            items=_dump([viewed]),
-                            version=1,
-                            state=FlowState.ACTIVE.value,
-                            started_at=now,
-                            last_activity_at=now,
-                        )
-                        .on_conflict_do_nothing(index_elements=[browses.c.browse_key])
-                        .returning(browses.c.browse_key)
-                    ).first()
-                    if inserted is not None:
-                        return
-                    continue
-                values: dict[str, object]
-                if row.state == FlowState.ACTIVE.value:
-                    values = {"items": _dump(merge_views([viewed], json.loads(row.items), limit))}
-                else:  # a new browse after the last one ended
-                    values = {
-                        "items": _dump([viewed]),
-                        "version": row.version + 1,
-                        "state": FlowState.ACTIVE.value,
-                        "skip_reason": None,
-                        "started_at": now,
-                    }
-                changed = conn.execute(
-                    update(browses)
-                    .where(
-                        browses.c.browse_key == key,
-                        browses.c.version == row.version,
-                        browses.c.last_activity_at == row.last_activity_at,
-                    )
-                    .values(last_activity_at=now, visitor_id=row.visitor_id or visitor, **values)
-                )
-                if changed.rowcount:
-                    return
-            raise StorageError(f"product_viewed: the browse of {key!r} kept changing; try again")
+            email = contact or visitors.known_email(conn, str(visitor))
+            key = browses.email_key(email) if email else browses.visitor_key(str(visitor))
+            merge = view_merger(self.settings)
+            browses.record_view(conn, key, email, visitor, viewed, merge, now)
 
         self._write("product_viewed", session, connection, write)
 
@@ -123,7 +69,3 @@ class BrowseHooks(Hooks):
             connection,
             lambda conn: link_visitor(conn, self.settings, visitor, contact, now),
         )
-
-
-def _dump(items: list[dict[str, object]]) -> str:
-    return dump_json(items)

@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Executable,
-    bindparam,
-    case,
-    func,
-    literal_column,
-    null,
-    or_,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from ..payload.items import canonical_items
 from ..payload.validation import check_email, check_host_id, check_url, dump_json
-from ..storage.enums import FlowState
-from ..storage.tables import UTCDateTime, carts
+from ..storage import carts
 from .base import Hooks, ItemsArg, check_currency
 from .identity import link_visitor
-
-EMPTY = json.dumps([])
-EMPTY_HASH = hashlib.sha256(f"{EMPTY}|".encode()).hexdigest()
 
 
 class CartHooks(Hooks):
@@ -66,22 +46,19 @@ class CartHooks(Hooks):
             self.cart_cleared(cart_key, session=session, connection=connection)
             return
         snapshot = dump_json(checked)
-        content_hash = hashlib.sha256(f"{snapshot}|{code or ''}".encode()).hexdigest()
         now = self.clock()
 
-        row = {
-            "cart_id": cart_key,
-            "email": contact,
-            "visitor_id": visitor,
-            "items": snapshot,
-            "currency": code,
-            "restore_url": url,
-            "content_hash": content_hash,
-            "now": now,
-        }
-
         def write(conn: Connection) -> None:
-            conn.execute(_cart_upsert(conn.dialect.name), row)
+            carts.record(
+                conn,
+                cart_id=cart_key,
+                email=contact,
+                visitor_id=visitor,
+                items=snapshot,
+                currency=code,
+                restore_url=url,
+                now=now,
+            )
             if contact and visitor:
                 link_visitor(conn, self.settings, visitor, contact, now)
 
@@ -97,76 +74,9 @@ class CartHooks(Hooks):
         """The cart was emptied: nothing is emitted for it, and a queued reminder is dropped."""
         cart_key = check_host_id(cart_id, "cart_id")
         now = self.clock()
-
-        def write(conn: Connection) -> None:
-            conn.execute(
-                update(carts)
-                .where(carts.c.cart_id == cart_key)
-                .values(
-                    state=FlowState.CLEARED.value,
-                    items=EMPTY,
-                    content_hash=EMPTY_HASH,
-                    version=carts.c.version + 1,
-                    last_activity_at=now,
-                )
-            )
-
-        self._write(f"cart_cleared({cart_key!r})", session, connection, write)
-
-
-@functools.cache
-def _cart_upsert(dialect: str) -> Executable:
-    """The cart upsert, built once per dialect: building it costs more than running it.
-
-    A changed cart becomes a new version and (again) ``active``; an unchanged one only records
-    the activity, so a shopper who looks at an abandoned cart does not re-arm it.
-    """
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(carts)
-    now = bindparam("now", type_=UTCDateTime)
-    # constants are written into the SQL, so each call binds only the cart's own values
-    active: ColumnElement[str] = literal_column(f"'{FlowState.ACTIVE.value}'")
-    stmt = insert.values(
-        {
-            **{name: bindparam(name) for name in _CART_PARAMS},
-            "version": literal_column("1"),
-            "state": active,
-            "skip_reason": null(),
-            "last_activity_at": now,
-            "created_at": now,
-        }
-    )
-    new = stmt.excluded
-    changed = carts.c.content_hash != new.content_hash
-    no_contact: ColumnElement[str] = literal_column("'no_contact'")
-    newly_reachable = (carts.c.skip_reason == no_contact) & new.email.is_not(None)
-    rearm = or_(changed, carts.c.state == active, newly_reachable)
-    upserted: Executable = stmt.on_conflict_do_update(
-        index_elements=[carts.c.cart_id],
-        set_={
-            "email": func.coalesce(new.email, carts.c.email),
-            "visitor_id": func.coalesce(new.visitor_id, carts.c.visitor_id),
-            "items": new["items"],
-            "currency": new.currency,
-            "restore_url": func.coalesce(new.restore_url, carts.c.restore_url),
-            "content_hash": new.content_hash,
-            "version": case(
-                (changed, carts.c.version + literal_column("1")),
-                else_=carts.c.version,
-            ),
-            "state": case((rearm, active), else_=carts.c.state),
-            "skip_reason": case((rearm, null()), else_=carts.c.skip_reason),
-            "last_activity_at": new.last_activity_at,
-        },
-    )
-    return upserted
-
-
-_CART_PARAMS = (
-    "cart_id",
-    "email",
-    "visitor_id",
-    "items",
-    "currency",
-    "restore_url",
-    "content_hash",
-)
+        self._write(
+            f"cart_cleared({cart_key!r})",
+            session,
+            connection,
+            lambda conn: carts.clear(conn, cart_key, now),
+        )

@@ -4,31 +4,15 @@ once the visitor is identified, and an anonymous cart gets its contact.
 
 from __future__ import annotations
 
-import json
+import functools
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, case, delete, insert, select, update
+from sqlalchemy import Connection
 
 from ..config import Settings
 from ..payload.items import CanonicalItem
-from ..payload.validation import dump_json
-from ..storage.engines import upsert
-from ..storage.enums import FlowState
-from ..storage.tables import browses, carts, visitors
-
-OPEN_STATES = (FlowState.ACTIVE.value, FlowState.ABANDONED.value, FlowState.SUPPRESSED.value)
-MAX_RETRIES = 5
-
-
-def email_key(email: str) -> str:
-    """The browse key of a known contact."""
-    return f"e:{email}"
-
-
-def visitor_key(visitor_id: str) -> str:
-    """The browse key of a visitor not yet identified."""
-    return f"v:{visitor_id}"
+from ..storage import browses, carts, visitors
+from ..storage.browses import Merge
 
 
 def item_identity(item: CanonicalItem) -> str:
@@ -50,12 +34,9 @@ def merge_views(
     return merged[:limit]
 
 
-def known_email(conn: Connection, visitor_id: str) -> str | None:
-    """The contact this visitor was identified as, if any."""
-    found: str | None = conn.execute(
-        select(visitors.c.email).where(visitors.c.visitor_id == visitor_id)
-    ).scalar()
-    return found
+def view_merger(settings: Settings) -> Merge:
+    """:func:`merge_views` bounded by ``abandoned_browse.max_items``."""
+    return functools.partial(merge_views, limit=settings.abandoned_browse.max_items)
 
 
 def link_visitor(
@@ -64,56 +45,6 @@ def link_visitor(
     """Remember who the visitor is, give their anonymous carts the email, and move their
     views to the email's browse.
     """
-    remembered = upsert(conn, visitors).values(visitor_id=visitor_id, email=email, updated_at=now)
-    conn.execute(
-        remembered.on_conflict_do_update(
-            index_elements=[visitors.c.visitor_id], set_={"email": email, "updated_at": now}
-        )
-    )
-    reachable = (carts.c.state == FlowState.SUPPRESSED.value) & (
-        carts.c.skip_reason == "no_contact"
-    )
-    conn.execute(
-        update(carts)
-        .where(carts.c.visitor_id == visitor_id, carts.c.email.is_(None))
-        .values(
-            email=email,
-            state=case((reachable, FlowState.ACTIVE.value), else_=carts.c.state),
-            skip_reason=case((reachable, None), else_=carts.c.skip_reason),
-        )
-    )
-    anonymous = conn.execute(
-        select(browses).where(browses.c.browse_key == visitor_key(visitor_id))
-    ).first()
-    if anonymous is None:
-        return
-    known = conn.execute(select(browses).where(browses.c.browse_key == email_key(email))).first()
-    conn.execute(delete(browses).where(browses.c.browse_key == visitor_key(visitor_id)))
-    if known is None:
-        values = dict(anonymous._mapping)
-        values.update(browse_key=email_key(email), email=email)
-        if values["state"] == FlowState.SUPPRESSED.value and values["skip_reason"] == "no_contact":
-            values.update(state=FlowState.ACTIVE.value, skip_reason=None)
-        conn.execute(insert(browses).values(**values))
-        return
-    limit = settings.abandoned_browse.max_items
-    newer, older = sorted((anonymous, known), key=lambda r: r.last_activity_at, reverse=True)
-    items = merge_views(json.loads(newer.items), json.loads(older.items), limit)
-    active = FlowState.ACTIVE.value in (anonymous.state, known.state)
-    conn.execute(
-        update(browses)
-        .where(browses.c.browse_key == email_key(email))
-        .values(
-            items=dump_json(items),
-            visitor_id=visitor_id,
-            last_activity_at=newer.last_activity_at,
-            started_at=min(anonymous.started_at, known.started_at),
-            **_rearmed(known, active),
-        )
-    )
-
-
-def _rearmed(known: Any, active: bool) -> dict[str, Any]:
-    if not active or known.state == FlowState.ACTIVE.value:
-        return {}
-    return {"state": FlowState.ACTIVE.value, "version": known.version + 1, "skip_reason": None}
+    visitors.remember(conn, visitor_id, email, now)
+    carts.give_email(conn, visitor_id, email)
+    browses.follow_contact(conn, visitor_id, email, view_merger(settings))

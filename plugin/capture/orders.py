@@ -5,23 +5,20 @@ optionally the order also goes to the platform's Orders API.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from ..delivery.dispatcher import ORDERS_API_PATH
 from ..errors import ValidationError
 from ..payload.events import Param, build_items_event
 from ..payload.items import CanonicalItem, canonical_items, items_total, price_text
+from ..payload.orders_api import ORDERS_API_PATH, ORDERS_API_TYPE, orders_api_order
 from ..payload.validation import check_email, check_host_id, dump_json, encode_body
-from ..storage.engines import upsert
-from ..storage.enums import FlowState
+from ..storage import browses, carts, orders
+from ..storage.enums import Subject
 from ..storage.outbox import NewEvent, enqueue
-from ..storage.tables import browses, carts, orders
 from .base import Hooks, ItemsArg, check_currency
-from .identity import OPEN_STATES
 
 STATUS_MAX = 64
 """The length of ``shop_events_orders.status``."""
@@ -79,39 +76,12 @@ class OrderHooks(Hooks):
             order_key, contact, order_status, payload, self.settings.orders.event_type_key
         )
 
+        stored = dump_json(payload)
+
         def write(conn: Connection) -> None:
-            owner = carts.c.email == contact
-            if cart_key is not None:
-                owner = or_(owner, carts.c.cart_id == cart_key)
-            conn.execute(
-                update(carts)
-                .where(owner, carts.c.state.in_(OPEN_STATES))
-                .values(state=FlowState.CONVERTED.value)
-            )
-            conn.execute(
-                update(browses)
-                .where(browses.c.email == contact, browses.c.state.in_(OPEN_STATES))
-                .values(state=FlowState.CONVERTED.value)
-            )
-            stored = upsert(conn, orders).values(
-                order_id=order_key,
-                email=contact,
-                status=order_status,
-                payload=dump_json(payload),
-                created_at=now,
-                updated_at=now,
-            )
-            conn.execute(
-                stored.on_conflict_do_update(
-                    index_elements=[orders.c.order_id],
-                    set_={
-                        "email": contact,
-                        "status": order_status,
-                        "payload": stored.excluded.payload,
-                        "updated_at": now,
-                    },
-                )
-            )
+            carts.convert(conn, contact, cart_key)
+            browses.convert(conn, contact)
+            orders.store(conn, order_key, contact, order_status, stored, now)
             enqueue(conn, events, now)
 
         self._write(f"order_placed({order_key!r})", session, connection, write)
@@ -137,7 +107,7 @@ class OrderHooks(Hooks):
         now = self.clock()
 
         def write(conn: Connection) -> None:
-            row = conn.execute(select(orders).where(orders.c.order_id == order_key)).first()
+            row = orders.get(conn, order_key)
             if row is None and contact is None:
                 raise ValidationError(
                     "order_id", f"{order_key!r} is unknown: place it first, or pass email="
@@ -147,14 +117,10 @@ class OrderHooks(Hooks):
                 if row
                 else {"items": [], "total": "0", "placed_at": now.isoformat(timespec="seconds")}
             )
-            to = contact or row.email  # type: ignore[union-attr]
+            to = contact or row.email
             events = self._order_events(order_key, to, order_status, payload, event_type)
             if row is not None:
-                conn.execute(
-                    update(orders)
-                    .where(orders.c.order_id == order_key)
-                    .values(status=order_status, updated_at=now)
-                )
+                orders.set_status(conn, order_key, order_status, now)
             enqueue(conn, events, now)
 
         self._write(f"order_status_changed({order_key!r})", session, connection, write)
@@ -180,7 +146,7 @@ class OrderHooks(Hooks):
                 key_value=email,
                 api_path=self.settings.api.event_path,
                 body=body,
-                subject_type="order",
+                subject_type=Subject.ORDER,
                 subject_id=order_id,
             )
         ]
@@ -188,51 +154,12 @@ class OrderHooks(Hooks):
             events.append(
                 NewEvent(
                     dedupe_key=f"orders-api:{order_id}:{status}",
-                    event_type_key="orders_api",
+                    event_type_key=ORDERS_API_TYPE,
                     key_value=email,
                     api_path=ORDERS_API_PATH,
                     body=encode_body(orders_api_order(order_id, email, status, payload)).decode(),
-                    subject_type="order",
+                    subject_type=Subject.ORDER,
                     subject_id=order_id,
                 )
             )
         return events
-
-
-def orders_api_order(
-    order_id: str, email: str, status: str, payload: dict[str, Any]
-) -> dict[str, Any]:
-    """One order in the Orders API's format (``/v1/orders``; re-sending an id updates it).
-
-    Unlike event params, this API takes amounts and quantities as JSON numbers.
-    """
-    order: dict[str, Any] = {
-        "externalOrderId": order_id,
-        "externalCustomerId": email,
-        "email": email,
-        "status": status,
-        "totalCost": _amount(payload["total"], "total"),
-        "date": payload["placed_at"],
-        "items": [
-            {
-                "externalItemId": item.get("sku") or item.get("url") or item["name"],
-                "name": item["name"],
-                "cost": _amount(item["price"], f"items[{i}].price"),
-                "quantity": int(item.get("quantity", "1")),
-                **({"url": item["url"]} if "url" in item else {}),
-                **({"imageUrl": item["imageurl"]} if "imageurl" in item else {}),
-            }
-            for i, item in enumerate(payload["items"])
-        ],
-    }
-    if payload.get("currency"):
-        order["currency"] = payload["currency"]
-    return order
-
-
-def _amount(text: str, field: str) -> float:
-    """An amount as a JSON number; one too big for a float would be written ``Infinity``."""
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValidationError(field, f"is too large for the Orders API, got {text[:20]}…")
-    return number

@@ -1,4 +1,4 @@
-"""The delivery loop: claim → check still wanted → send → settle.
+"""The delivery loop: claim → check still wanted → send → settle as :mod:`.policy` decides.
 
 Claims and settlements are short transactions; the HTTP call happens between them with no
 transaction open. Sends run on a bounded pool of threads so a slow API does not serialise
@@ -15,24 +15,41 @@ import threading
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import datetime
+from enum import StrEnum
+from typing import assert_never
 
 from sqlalchemy import Connection, Engine, text
 
 from ..abandonment.flows import unwanted
 from ..clock import Clock, utcnow
 from ..config import Settings
+from ..payload.orders_api import ORDERS_API_PATH
 from ..payload.validation import encode_body
 from ..storage import caps, outbox, pause
 from ..storage.enums import OutboxStatus
-from .transport import Outcome, Result, Transport
+from . import policy
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 
-ORDERS_API_PATH = "v1/orders"
-Sent = tuple[list[outbox.Claimed], Result | None]
+Finished = tuple[list[outbox.Claimed], policy.Result | None]
 """A job and its outcome (None: not tried)."""
 
 MAX_BATCHES_PER_DRAIN = 50
+
+
+class Settled(StrEnum):
+    """How one claimed row ended this pass (a :class:`DispatchResult` count each)."""
+
+    SENT = "sent"
+    RETRIED = "retried"
+    DEAD = "dead"
+    SUPERSEDED = "superseded"
+    RELEASED = "released"
+    """Back unsent, no attempt spent: not tried, or the key was refused."""
+    LOST_LEASE = "lost_lease"
+    """Another worker took the row over (its lease had expired) before this one settled it."""
 
 
 @dataclasses.dataclass
@@ -49,6 +66,24 @@ class DispatchResult:
     paused: bool = False
     full: bool = False
     """A whole batch was claimed, so more rows may be due."""
+
+    def count(self, settled: Settled) -> None:
+        """Count one row that ended as ``settled``."""
+        match settled:
+            case Settled.SENT:
+                self.sent += 1
+            case Settled.RETRIED:
+                self.retried += 1
+            case Settled.DEAD:
+                self.dead += 1
+            case Settled.SUPERSEDED:
+                self.superseded += 1
+            case Settled.RELEASED:
+                self.released += 1
+            case Settled.LOST_LEASE:
+                self.lost_lease += 1
+            case _:
+                assert_never(settled)
 
     def add(self, other: DispatchResult) -> None:
         """Accumulate another pass's counts."""
@@ -120,18 +155,18 @@ class Dispatcher:
             wanted = self._screen(conn, claimed, result)
         refused = threading.Event()  # a 401/403 in this batch: the rest is not tried
 
-        def send(job: list[outbox.Claimed]) -> Sent:
+        def send(job: list[outbox.Claimed]) -> Finished:
             return job, self._send(job, refused)
 
         jobs = self._jobs(wanted)
         if len(jobs) == 1 or delivery.threads == 1:
-            finished: Iterable[Sent] = map(send, jobs)
+            finished: Iterable[Finished] = map(send, jobs)
         else:
             pool = self._executor()
             finished = (f.result() for f in as_completed([pool.submit(send, j) for j in jobs]))
         # Settled in small groups as they finish: one write transaction per group, not per
         # event, while a finished send waits at most for a few others before it is recorded.
-        group: list[Sent] = []
+        group: list[Finished] = []
         for done in finished:
             group.append(done)
             if len(group) >= delivery.threads:
@@ -206,31 +241,28 @@ class Dispatcher:
             elif outbox.settle(conn, row, OutboxStatus.SUPERSEDED, last_error=reason):
                 caps.give_back(conn, row.event_type_key, row.key_value, row.created_at)
                 log.info("event %d (%s) superseded: %s", row.id, row.event_type_key, reason)
-                result.superseded += 1
+                result.count(Settled.SUPERSEDED)
             else:
-                result.lost_lease += 1
+                result.count(Settled.LOST_LEASE)
         return wanted
 
-    def _send(self, job: list[outbox.Claimed], refused: threading.Event) -> Result | None:
+    def _send(self, job: list[outbox.Claimed], refused: threading.Event) -> policy.Result | None:
         """Send rows as one request; None when they are not tried (shutdown, bad key)."""
         if self.stopping.is_set() or refused.is_set():
             return None
         sent = self._transport.send(job[0].api_path, _request_body(job), self.stopping)
-        if sent.outcome is Outcome.AUTH:
+        if policy.classify(sent.status) is policy.Outcome.AUTH:
             refused.set()
         return sent
 
-    def _settle_group(self, group: list[Sent], result: DispatchResult) -> None:
+    def _settle_group(self, group: list[Finished], result: DispatchResult) -> None:
         """Record finished sends in one transaction; rows not tried go back unsent."""
         with self._engine.begin() as conn:
-            now = self._clock()
             for job, sent in group:
                 for row in job:
-                    if sent is None:
-                        outcome = "released" if outbox.release(conn, row, now) else "lost_lease"
-                    else:
-                        outcome = self._settle(conn, row, sent)
-                    setattr(result, outcome, getattr(result, outcome) + 1)
+                    now = self._clock()
+                    decision = policy.decide(sent, row, self._settings.delivery, now)
+                    result.count(self._apply(conn, row, decision, now))
 
     def _paused(self, conn: Connection) -> bool:
         current = pause.current(conn)
@@ -238,69 +270,71 @@ class Dispatcher:
             self._pause_seen = True
         return current is not None and current.active(self._clock())
 
-    def _settle(self, conn: Connection, row: outbox.Claimed, sent: Result) -> str:
-        now = self._clock()
-        delivery = self._settings.delivery
-        attempts = row.attempts + 1
-        if sent.outcome is Outcome.SENT:
-            if self._pause_seen:  # a success ends a pause; without one, skip the write
-                self._pause_seen = False
-                pause.resume(conn)
-            done = outbox.settle(
-                conn,
-                row,
-                OutboxStatus.SENT,
-                attempts=attempts,
-                sent_at=now,
-                response_status=sent.status,
-                last_error=None,
-            )
-            return "sent" if done else "lost_lease"
-        if sent.outcome is Outcome.AUTH:
-            until = now + delivery.auth_pause
-            _one_pause_decision_at_a_time(conn)
-            if pause.pause(conn, f"HTTP {sent.status}: {sent.text}"[:500], now, until):
-                log.error(
-                    "delivery paused until %s: the platform answered %s (check api.key); "
-                    "no attempts are spent while paused",
-                    until.isoformat(timespec="seconds"),
-                    sent.status,
+    def _apply(
+        self, conn: Connection, row: outbox.Claimed, decision: policy.Decision, now: datetime
+    ) -> Settled:
+        """Record what the policy decided for ``row``: the one place a send's result is stored."""
+        match decision:
+            case policy.Sent(attempts=attempts, status=status):
+                if self._pause_seen:  # a success ends a pause; without one, skip the write
+                    self._pause_seen = False
+                    pause.resume(conn)
+                done = outbox.settle(
+                    conn,
+                    row,
+                    OutboxStatus.SENT,
+                    attempts=attempts,
+                    sent_at=now,
+                    response_status=status,
+                    last_error=None,
                 )
-            outbox.settle(
-                conn,
-                row,
-                OutboxStatus.PENDING,
-                next_attempt_at=now,
-                response_status=sent.status,
-                last_error=f"HTTP {sent.status}: {sent.text}",
-            )
-            return "released"
-        if sent.outcome is Outcome.DEAD or outbox.gives_up(delivery, attempts, row.created_at, now):
-            error = _describe(sent)
-            if sent.outcome is Outcome.RETRY:
-                error = f"gave up after {attempts} attempts: {error}"
-            done = outbox.settle(
-                conn,
-                row,
-                OutboxStatus.DEAD,
-                attempts=attempts,
-                response_status=sent.status,
-                last_error=error,
-            )
-            if done:
-                log.warning("event %d (%s) dead: %s", row.id, row.event_type_key, error)
-            return "dead" if done else "lost_lease"
-        delay = outbox.backoff(delivery, attempts, sent.retry_after)
-        done = outbox.settle(
-            conn,
-            row,
-            OutboxStatus.PENDING,
-            attempts=attempts,
-            next_attempt_at=now + delay,
-            response_status=sent.status,
-            last_error=_describe(sent),
-        )
-        return "retried" if done else "lost_lease"
+                return Settled.SENT if done else Settled.LOST_LEASE
+            case policy.Retry(at=at, error=error, attempts=attempts, status=status):
+                done = outbox.settle(
+                    conn,
+                    row,
+                    OutboxStatus.PENDING,
+                    attempts=attempts,
+                    next_attempt_at=at,
+                    response_status=status,
+                    last_error=error,
+                )
+                return Settled.RETRIED if done else Settled.LOST_LEASE
+            case policy.Dead(error=error, attempts=attempts, status=status):
+                done = outbox.settle(
+                    conn,
+                    row,
+                    OutboxStatus.DEAD,
+                    attempts=attempts,
+                    response_status=status,
+                    last_error=error,
+                )
+                if done:
+                    log.warning("event %d (%s) dead: %s", row.id, row.event_type_key, error)
+                return Settled.DEAD if done else Settled.LOST_LEASE
+            case policy.Pause(until=until, error=error, status=status):
+                _one_pause_decision_at_a_time(conn)
+                if pause.pause(conn, decision.reason, now, until):
+                    log.error(
+                        "delivery paused until %s: the platform answered %s (check api.key); "
+                        "no attempts are spent while paused",
+                        until.isoformat(timespec="seconds"),
+                        status,
+                    )
+                # counted as released even if the lease was lost: no attempt was spent either way
+                outbox.settle(
+                    conn,
+                    row,
+                    OutboxStatus.PENDING,
+                    next_attempt_at=now,
+                    response_status=status,
+                    last_error=error,
+                )
+                return Settled.RELEASED
+            case policy.Released():
+                return Settled.RELEASED if outbox.release(conn, row, now) else Settled.LOST_LEASE
+            case _:
+                assert_never(decision)
 
 
 PAUSE_LOCK_ID = 0x5E0E0401
@@ -315,11 +349,6 @@ def _one_pause_decision_at_a_time(conn: Connection) -> None:
     """
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PAUSE_LOCK_ID})
-
-
-def _describe(sent: Result) -> str:
-    status = f"HTTP {sent.status}" if sent.status is not None else "no response"
-    return f"{status}: {sent.text}" if sent.text else status
 
 
 def _request_body(rows: list[outbox.Claimed]) -> bytes:

@@ -1,19 +1,17 @@
-"""HTTP to the platform: session, auth, rate limit, and what each response means.
+"""HTTP to the platform: session, auth, rate limit; reports what each request got back.
 
-The retry policy's input lives here (:class:`Outcome`); what to do with it lives in the
-dispatcher. The session is rebuilt after a fork, so a pre-forked server never shares sockets.
+What a response means for its row is decided in :mod:`.policy`, not here. The session is
+rebuilt after a fork, so a pre-forked server never shares sockets.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
 import weakref
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
 from urllib.parse import urlsplit
 
 import requests
@@ -22,42 +20,10 @@ from requests.adapters import HTTPAdapter
 from ..clock import Clock, utcnow
 from ..config import ApiSettings
 from ..version import __version__
+from .policy import Result
 
 ERROR_TEXT_MAX = 2000
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-class Outcome(StrEnum):
-    """What a send attempt means for its row."""
-
-    SENT = "sent"
-    RETRY = "retry"
-    """429, 5xx, 408, timeouts and connection errors: try again later."""
-    DEAD = "dead"
-    """Any other 4xx: the platform refused the event; retrying cannot help."""
-    AUTH = "auth"
-    """401/403: the key is wrong; pause delivery, spend no attempt."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-    """One attempt's outcome, status code, reason text and requested wait."""
-
-    outcome: Outcome
-    status: int | None
-    text: str
-    retry_after: timedelta | None = None
-
-
-def classify(status: int, text: str, retry_after: timedelta | None) -> Result:
-    """Map an HTTP status to an :class:`Outcome`."""
-    if 200 <= status < 300:
-        return Result(Outcome.SENT, status, "")
-    if status in (401, 403):
-        return Result(Outcome.AUTH, status, text or "bad API key")
-    if status in (408, 425, 429) or status >= 500:
-        return Result(Outcome.RETRY, status, text, retry_after)
-    return Result(Outcome.DEAD, status, text)
 
 
 def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
@@ -162,7 +128,7 @@ class Transport:
             return self._session
 
     def send(self, api_path: str, body: bytes, stop: threading.Event | None = None) -> Result:
-        """POST one body; never raises for network trouble, which is a :data:`Outcome.RETRY`."""
+        """POST one body; network trouble is a result without a status, never an exception."""
         self._limiter.acquire(stop)
         try:
             response = self.session().post(
@@ -175,7 +141,7 @@ class Transport:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            return Result(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX])
+            return Result(None, f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX])
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
         if retry_after is not None and response.status_code in (429, 503):
             # The whole process waits, not just this row: every request would be refused.
@@ -183,7 +149,7 @@ class Transport:
             # (lease > 2 × (timeout + connect_timeout)); the row itself waits the full time.
             self._limiter.block(min(retry_after, self._api.timeout).total_seconds())
         text = response.text[:ERROR_TEXT_MAX].strip()
-        return classify(response.status_code, text, retry_after)
+        return Result(response.status_code, text, retry_after)
 
     def close(self) -> None:
         """Close this process's connections."""

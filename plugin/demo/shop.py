@@ -45,7 +45,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from ..config import Settings, format_duration
 from ..errors import ValidationError
 from ..integrations.flask.extension import ShopEvents, capture_models, tracker_for
-from ..integrations.models.capture import CaptureModels, CartMapping, CustomerMapping, OrderMapping
+from ..integrations.models import CaptureModels, CartMapping, CustomerMapping, OrderMapping
 from ..payload.items import Item
 from ..payload.validation import check_email
 from ..storage.outbox import summarize

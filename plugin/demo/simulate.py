@@ -26,8 +26,8 @@ from typing import Any, TextIO
 from sqlalchemy import Table, func, select
 
 from ..config import Settings
-from ..delivery.dispatcher import ORDERS_API_PATH
 from ..payload.items import Item
+from ..payload.orders_api import ORDERS_API_PATH, ORDERS_API_TYPE
 from ..payload.validation import encode_body
 from ..storage.enums import FlowState, OutboxStatus
 from ..storage.tables import browses, carts, outbox, registrations
@@ -51,7 +51,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "scheduler": {"enabled": False},
 }
 """The simulation's shop: short timeouts, orders also sent to the Orders API."""
-ORDERS_API_TYPE = "orders_api"
+
 """The outbox's event type of Orders API rows."""
 ACTIVITY: tuple[tuple[str, Table], ...] = (
     ("carts", carts),
@@ -277,7 +277,7 @@ def _browses_anonymously_then_signs_in(s: Shopper, t: Tracker) -> Plan:
 
 
 def _registers(s: Shopper, t: Tracker) -> Plan:
-    t.registration_started(_email(s), source="header")
+    t.registration_started(_email(s), params={"source": "header"})
     yield Ticks(2)
     t.registration_completed(_email(s))
     t.contact_upserted(
@@ -291,7 +291,7 @@ def _registers(s: Shopper, t: Tracker) -> Plan:
 
 
 def _abandons_registration(s: Shopper, t: Tracker) -> Plan:
-    t.registration_started(_email(s), source="checkout", first_name=s.first_name)
+    t.registration_started(_email(s), params={"source": "checkout", "first_name": s.first_name})
     yield from ()
 
 

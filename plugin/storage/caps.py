@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, delete
+from sqlalchemy import Connection, and_, delete, select, tuple_
 
 from .engines import upsert
 from .tables import caps
+
+TABLE = caps.name
 
 
 def take(conn: Connection, flow: str, contact: str, now: datetime, interval: timedelta) -> bool:
@@ -34,3 +36,9 @@ def give_back(conn: Connection, flow: str, contact: str, taken_at: datetime) -> 
             and_(caps.c.flow == flow, caps.c.contact == contact, caps.c.last_at == taken_at)
         )
     )
+
+
+def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """Delete up to ``limit`` caps last taken before ``cutoff``; how many."""
+    pairs = select(caps.c.flow, caps.c.contact).where(caps.c.last_at < cutoff).limit(limit)
+    return conn.execute(delete(caps).where(tuple_(caps.c.flow, caps.c.contact).in_(pairs))).rowcount

@@ -7,18 +7,18 @@ any transaction by the dispatcher, and settled only by the holder of the lease's
 from __future__ import annotations
 
 import dataclasses
-import random
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, select, update
+from sqlalchemy import ColumnElement, Connection, and_, delete, func, select, update
 
-from ..config import DeliverySettings
 from .engines import locked_batch, upsert
-from .enums import OutboxStatus
+from .enums import MARKETING_SUBJECTS, OutboxStatus
 from .tables import outbox
+
+TABLE = outbox.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,8 @@ def enqueue(conn: Connection, events: Sequence[NewEvent], now: datetime) -> int:
     rows = [
         {
             **dataclasses.asdict(e),
+            # plain text, whatever str subclass (an enum member) the caller passed
+            "subject_type": None if e.subject_type is None else str(e.subject_type),
             "status": OutboxStatus.PENDING.value,
             "attempts": 0,
             "next_attempt_at": now,
@@ -159,31 +161,21 @@ def release(conn: Connection, claimed: Claimed, now: datetime) -> bool:
     return settle(conn, claimed, OutboxStatus.PENDING, next_attempt_at=now)
 
 
-def backoff(
-    settings: DeliverySettings,
-    attempts: int,
-    retry_after: timedelta | None = None,
-    rng: random.Random | None = None,
-) -> timedelta:
-    """Delay before the next try after ``attempts`` failed ones: exponential, capped, jittered.
-
-    Half the delay is fixed and half random, so workers that failed together spread out; a
-    ``Retry-After`` from the server is a floor, never shortened.
+def supersede_marketing(conn: Connection, key_value: str) -> list[tuple[str, datetime]]:
+    """Supersede the contact's queued marketing events (they opted out); returns each one's
+    ``(event_type_key, created_at)``, so the caller can give back what they had taken.
     """
-    base = settings.backoff_base.total_seconds()
-    cap = settings.backoff_max.total_seconds()
-    delay = min(cap, base * 2 ** max(0, attempts - 1))
-    delay = delay / 2 + (rng or random).uniform(0, delay / 2)
-    if retry_after is not None:
-        delay = max(delay, retry_after.total_seconds())
-    return timedelta(seconds=delay)
-
-
-def gives_up(
-    settings: DeliverySettings, attempts: int, created_at: datetime, now: datetime
-) -> bool:
-    """Whether a row that just failed transiently should go to the dead letters instead."""
-    return attempts >= settings.max_attempts or now - created_at >= settings.give_up_after
+    rows = conn.execute(
+        update(outbox)
+        .where(
+            outbox.c.key_value == key_value,
+            outbox.c.status == OutboxStatus.PENDING.value,
+            outbox.c.subject_type.in_([s.value for s in MARKETING_SUBJECTS]),
+        )
+        .values(status=OutboxStatus.SUPERSEDED.value, last_error="the contact opted out")
+        .returning(outbox.c.event_type_key, outbox.c.created_at)
+    ).all()
+    return [(row.event_type_key, row.created_at) for row in rows]
 
 
 def replay(
@@ -211,6 +203,18 @@ def replay(
         .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=now, created_at=now)
     )
     return conn.execute(stmt).rowcount
+
+
+def delete_before(
+    conn: Connection, cutoff: datetime, statuses: Sequence[OutboxStatus], limit: int
+) -> int:
+    """Delete up to ``limit`` rows in ``statuses`` created before ``cutoff``; how many."""
+    batch = (
+        select(outbox.c.id)
+        .where(outbox.c.created_at < cutoff, outbox.c.status.in_([s.value for s in statuses]))
+        .limit(limit)
+    )
+    return conn.execute(delete(outbox).where(outbox.c.id.in_(batch.scalar_subquery()))).rowcount
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,3 +258,85 @@ def summarize(conn: Connection) -> Summary:
         last_error=error.last_error if error else None,
         last_error_at=error.next_attempt_at if error else None,
     )
+
+
+# -- reading for the operator pages -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """One page of outbox rows, newest first, and whether there are more on either side."""
+
+    rows: list[Any]
+    has_newer: bool
+    has_older: bool
+
+
+def history(
+    conn: Connection,
+    *,
+    size: int,
+    event_type_key: str | None = None,
+    status: str | None = None,
+    key_contains: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: int | None = None,
+    after: int | None = None,
+) -> Page:
+    """A page of ``size`` rows, newest first, paged by id (keyset): older than ``before``, or
+    newer than ``after``, else the newest.
+
+    Filters: the event type, the status, ``key_contains`` within the key value (ignoring case,
+    taken literally) and the creation time (``since`` inclusive, ``until`` exclusive).
+    """
+    conditions: list[ColumnElement[bool]] = []
+    if event_type_key:
+        conditions.append(outbox.c.event_type_key == event_type_key)
+    if status:
+        conditions.append(outbox.c.status == status)
+    if key_contains:
+        conditions.append(
+            func.lower(outbox.c.key_value).contains(key_contains.lower(), autoescape=True)
+        )
+    if since is not None:
+        conditions.append(outbox.c.created_at >= since)
+    if until is not None:
+        conditions.append(outbox.c.created_at < until)
+    query = select(outbox).where(*conditions)
+    if after is not None:
+        rows = list(
+            conn.execute(
+                query.where(outbox.c.id > after).order_by(outbox.c.id.asc()).limit(size + 1)
+            )
+        )
+        has_newer = len(rows) > size
+        rows = list(reversed(rows[:size]))
+        has_older = bool(rows) and _any(conn, *conditions, outbox.c.id < rows[-1].id)
+        return Page(rows, has_newer, has_older)
+    if before is not None:
+        query = query.where(outbox.c.id < before)
+    rows = list(conn.execute(query.order_by(outbox.c.id.desc()).limit(size + 1)))
+    page = rows[:size]
+    return Page(page, has_newer=bool(page) and before is not None, has_older=len(rows) > size)
+
+
+def _any(conn: Connection, *conditions: ColumnElement[bool]) -> bool:
+    return conn.execute(select(outbox.c.id).where(*conditions).limit(1)).first() is not None
+
+
+def get(conn: Connection, event_id: int) -> Any | None:
+    """The outbox row with this id (every column), or None."""
+    return conn.execute(select(outbox).where(outbox.c.id == event_id)).first()
+
+
+def event_types(conn: Connection) -> list[str]:
+    """Every event type in the outbox, sorted."""
+    query = select(outbox.c.event_type_key).distinct().order_by(outbox.c.event_type_key)
+    return list(conn.execute(query).scalars())
+
+
+def count(conn: Connection, status: OutboxStatus) -> int:
+    """How many rows have this status (``count(conn, OutboxStatus.DEAD)``: the dead letters)."""
+    query = select(func.count()).select_from(outbox).where(outbox.c.status == status.value)
+    return int(conn.execute(query).scalar_one())

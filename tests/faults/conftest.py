@@ -1,173 +1,25 @@
-"""Helpers of the fault tests: worker processes, config files, bounded waits and the figures.
+"""Fixtures of the fault tests: worker processes killed at teardown, an empty PostgreSQL database.
 
-Every wait here is bounded; every process started here is killed in the fixture's teardown if
-the test left it running.
+Every fault test is ``slow``: real worker processes, real waits for them, a PostgreSQL cluster.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from shop_events import Item, Tracker
-from shop_events.storage.tables import outbox
-from shop_events.testing import Receiver
-from sqlalchemy import Engine, Row, select
 
 from tests import postgres
-
-REPO = Path(__file__).resolve().parents[2]
-POLL = 0.05
-"""Seconds between two looks at a condition."""
-STOP_TIMEOUT = 20.0
-"""How long a worker gets to exit after SIGTERM or SIGKILL."""
+from tests.support import Workers
 
 
-# ------------------------------------------------------------------------------ waiting
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``condition`` every :data:`POLL` seconds until it holds; False after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        pause.wait(POLL)
-
-
-# ------------------------------------------------------------------------------ config
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:
-    """A TOML settings file of ``{section: {key: value}}``."""
-    lines: list[str] = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
-def base_sections(receiver: Receiver, database_url: str, key: str | None = None) -> dict[str, Any]:
-    """Settings of a worker against ``receiver`` on ``database_url``; callers add to them."""
-    return {
-        "api": {"base_url": receiver.base_url, "key": receiver.api_key if key is None else key},
-        "database": {"url": database_url},
-        "scheduler": {"enabled": True, "scan_interval": "1s", "dispatch_interval": "1s"},
-        "delivery": {},
-        "abandoned_cart": {"contact_interval": "0s"},
-    }
-
-
-# ------------------------------------------------------------------------------ workers
-
-
-def worker_command(config: Path) -> list[str]:
-    """The installed ``shop-events`` console script, or the same entry point through Python."""
-    script = Path(sys.executable).with_name("shop-events")
-    if script.exists():
-        return [str(script), "--config", str(config), "worker"]
-    return [
-        sys.executable,
-        "-c",
-        "from shop_events.cli import main; main()",
-        "--config",
-        str(config),
-        "worker",
-    ]
-
-
-@dataclasses.dataclass
-class Worker:
-    """A ``shop-events worker`` process with its output in a file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def terminate(self, timeout: float = STOP_TIMEOUT) -> tuple[int | None, float]:
-        """SIGTERM; returns (exit code or None if still running after ``timeout``, seconds)."""
-        start = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code: int | None = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        return code, time.monotonic() - start
-
-    def kill(self) -> None:
-        """SIGKILL (``kill -9``) and reap."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=STOP_TIMEOUT)
-
-
-class Workers:
-    """Starts worker processes; :meth:`close` kills whatever is still running."""
-
-    def __init__(self, directory: Path) -> None:
-        self._directory = directory
-        self._started: list[Worker] = []
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_EVENTS_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        self._env = env
-
-    def start(self, config: Path, name: str = "worker") -> Worker:
-        log_path = self._directory / f"{name}-{len(self._started)}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                worker_command(config),
-                cwd=self._directory,
-                env=self._env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        worker = Worker(name, process, log_path)
-        self._started.append(worker)
-        return worker
-
-    def outputs(self) -> str:
-        return "\n".join(f"--- {w.name} ({w.pid}) ---\n{w.output()}" for w in self._started)
-
-    def close(self) -> None:
-        for worker in self._started:
-            if worker.process.poll() is None:
-                worker.process.kill()
-        for worker in self._started:
-            with contextlib.suppress(subprocess.TimeoutExpired):  # the kernel reaps it later
-                worker.process.wait(timeout=STOP_TIMEOUT)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of this folder ``slow`` (the fast loop deselects them)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -184,100 +36,3 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
 def pg_url(pg_server: str) -> str:
     """A new empty database on the test-started PostgreSQL cluster."""
     return postgres.new_database(pg_server)
-
-
-# ------------------------------------------------------------------------------ figures
-
-
-def engine_name(database_url: str) -> str:
-    """``sqlite`` or ``postgresql``, for the figures' titles."""
-    return database_url.split(":", 1)[0].split("+", 1)[0]
-
-
-def identity(body: Mapping[str, Any]) -> str:
-    """What makes an event the same event in the tests: its type and its subject id."""
-    params = Receiver.params(dict(body))
-    subject = params.get("cart_id") or params.get("order_id") or params.get("event_id")
-    return f"{body.get('eventTypeKey')}:{subject}"
-
-
-def outbox_rows(engine: Engine) -> list[Row[Any]]:
-    with engine.connect() as conn:
-        return list(conn.execute(select(outbox).order_by(outbox.c.id)))
-
-
-def status_counts(engine: Engine) -> Counter[str]:
-    with engine.connect() as conn:
-        return Counter(r.status for r in conn.execute(select(outbox.c.status)))
-
-
-@dataclasses.dataclass
-class Figures:
-    """What a fault test prints and asserts on."""
-
-    created: int
-    delivered: int
-    lost: int
-    delivered_twice: int
-    attempts: int
-    requests: int
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def show(self, title: str) -> None:
-        extra = "".join(f", {k} {v}" for k, v in self.extra.items())
-        print(
-            f"\n[{title}] events created {self.created}, delivered {self.delivered}, "
-            f"lost {self.lost}, delivered twice {self.delivered_twice}, "
-            f"attempts {self.attempts}, requests {self.requests}{extra}"
-        )
-
-
-def figures(rows: Sequence[Row[Any]], receiver: Receiver) -> Figures:
-    """Compare the outbox with what the receiver accepted."""
-    received = Counter(identity(body) for body in receiver.events)
-    expected = {identity(json.loads(row.body)) for row in rows}
-    return Figures(
-        created=len(rows),
-        delivered=sum(1 for key in expected if received[key] > 0),
-        lost=sum(1 for key in expected if received[key] == 0),
-        delivered_twice=sum(count - 1 for count in received.values() if count > 1),
-        attempts=sum(row.attempts for row in rows),
-        requests=len(receiver.requests),
-    )
-
-
-# ------------------------------------------------------------------------------ events
-
-FAULT_EVENT = "fault_test"
-
-
-def add_carts(tracker: Tracker, count: int, prefix: str = "cart") -> None:
-    """``count`` carts with one product and a unique email each, in one host transaction."""
-    with tracker.engine.begin() as conn:
-        for i in range(count):
-            tracker.cart_updated(
-                f"{prefix}-{i}",
-                email=f"{prefix}-{i}@example.com",
-                items=[
-                    Item(
-                        name=f"Product {i}",
-                        price=f"{10 + i % 90}",
-                        url=f"https://shop.example/p/{i}",
-                    )
-                ],
-                currency="EUR",
-                connection=conn,
-            )
-
-
-def add_events(tracker: Tracker, count: int, prefix: str = "event") -> None:
-    """``count`` immediate custom events, each with its own ``event_id``, in one transaction."""
-    with tracker.engine.begin() as conn:
-        for i in range(count):
-            tracker.custom_event(
-                FAULT_EVENT,
-                key_value=f"{prefix}-{i}@example.com",
-                params={"email": f"{prefix}-{i}@example.com", "event_id": f"{prefix}-{i}"},
-                dedupe_key=f"{FAULT_EVENT}:{prefix}-{i}",
-                connection=conn,
-            )

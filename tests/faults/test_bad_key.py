@@ -25,8 +25,8 @@ from shop_events.cli import cli
 from shop_events.storage.enums import OutboxStatus
 from shop_events.testing import Receiver
 
-from tests.conftest import API_KEY
-from tests.faults.conftest import (
+from tests.support import (
+    API_KEY,
     add_events,
     base_sections,
     engine_name,

@@ -22,7 +22,7 @@ from shop_events.storage.tables import outbox
 from shop_events.testing import Receiver
 from sqlalchemy import select
 
-from tests.faults.conftest import (
+from tests.support import (
     Workers,
     add_events,
     base_sections,

@@ -22,8 +22,8 @@ from shop_events import Tracker
 from shop_events.storage.enums import OutboxStatus
 from shop_events.testing import Receiver
 
-from tests.conftest import SettingsFactory
-from tests.faults.conftest import (
+from tests.support import (
+    SettingsFactory,
     add_events,
     engine_name,
     figures,

@@ -17,7 +17,7 @@ from shop_events import Item, Settings, Tracker
 from shop_events.storage.enums import OutboxStatus
 from shop_events.testing import Receiver
 
-from tests.faults.conftest import (
+from tests.support import (
     Workers,
     add_carts,
     add_events,

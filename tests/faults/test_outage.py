@@ -20,8 +20,7 @@ from shop_events import Item, Tracker
 from shop_events.storage.enums import OutboxStatus
 from shop_events.testing import Receiver
 
-from tests.conftest import SettingsFactory
-from tests.faults.conftest import add_events, engine_name, figures, outbox_rows
+from tests.support import SettingsFactory, add_events, engine_name, figures, outbox_rows
 
 START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 OUTAGE = timedelta(hours=1)

@@ -14,7 +14,7 @@ from shop_events import Item, Settings, Tracker
 from shop_events.cli import cli
 from shop_events.testing import Receiver, Reply
 
-from tests.faults.conftest import add_events, base_sections, outbox_rows, write_config
+from tests.support import add_events, base_sections, outbox_rows, write_config
 
 
 @pytest.fixture(autouse=True)

@@ -27,8 +27,8 @@ from shop_events.delivery.transport import RateLimiter
 from shop_events.storage.enums import OutboxStatus
 from shop_events.testing import Receiver
 
-from tests.conftest import API_KEY
-from tests.faults.conftest import (
+from tests.support import (
+    API_KEY,
     POLL,
     add_events,
     figures,

@@ -14,7 +14,7 @@ from shop_events import Settings, Tracker
 from shop_events.storage.enums import OutboxStatus
 from shop_events.testing import Receiver
 
-from tests.faults.conftest import (
+from tests.support import (
     Workers,
     add_events,
     base_sections,

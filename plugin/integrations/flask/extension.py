@@ -17,8 +17,9 @@ from flask import Flask, current_app
 
 from ...config import CONFIG_PATH_ENV, ENV_PREFIX, Settings
 from ...tracker import Tracker
-from ..models.capture import CaptureModels, CartMapping, CustomerMapping, OrderMapping
-from . import web
+from ..models import CaptureModels, CartMapping, CustomerMapping, OrderMapping
+from . import admin, tracking  # noqa: F401  (importing them attaches their views to the blueprint)
+from .blueprint import AdminAccess, CurrentEmail, register
 
 EXTENSION_KEY = "shop_events"
 
@@ -35,8 +36,8 @@ class ShopEvents:
         *,
         settings: Settings | None = None,
         tracker: Tracker | None = None,
-        admin_access: web.AdminAccess | None = None,
-        current_email: web.CurrentEmail | None = None,
+        admin_access: AdminAccess | None = None,
+        current_email: CurrentEmail | None = None,
     ) -> None:
         """``admin_access()`` is called for each operator page request and must return True to
         let it in (without it, and without ``web.admin_access``, the pages answer 404);
@@ -57,9 +58,7 @@ class ShopEvents:
             )
         tracker = self._tracker or Tracker(settings_for_app(app, self._settings))
         app.extensions[EXTENSION_KEY] = tracker
-        web.register(
-            app, tracker, admin_access=self._admin_access, current_email=self._current_email
-        )
+        register(app, tracker, admin_access=self._admin_access, current_email=self._current_email)
         if tracker.settings.scheduler.enabled and _is_serving_process(app):
             runner = _scheduler_owner(tracker)
             runner.start()
@@ -70,7 +69,7 @@ class ShopEvents:
         login. ``session=``/``connection=`` join the host's transaction. False when the browser
         has no visitor id yet.
         """
-        return web.identify(email, **bind)
+        return tracking.identify(email, **bind)
 
     @property
     def tracker(self) -> Tracker:

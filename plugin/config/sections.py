@@ -1,0 +1,375 @@
+"""One frozen dataclass per settings section (``[api]``, ``[delivery]`` …), each with its rules.
+
+A section's fields are its keys, with their types and defaults; its ``check`` method holds the
+rules that the types alone do not say and raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError, ValidationError
+from ..payload.validation import check_event_type_key
+from .secret import Secret
+
+
+class Section:
+    """What every section shares: ``check``, run by the loader once the values are typed."""
+
+    def check(self, path: str) -> None:
+        """Raise :class:`ConfigError` naming the first key (prefixed by ``path``) that is wrong.
+
+        ``path`` is the section's place in the file followed by a dot (``"api."``). A section
+        without rules beyond its field types keeps this default, which accepts everything.
+        """
+
+
+def _check_event_type_keys(path: str, keys: Mapping[str, str]) -> None:
+    """Each event type key must be one the platform accepts; the error names its setting."""
+    for name, value in keys.items():
+        try:
+            check_event_type_key(value)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}{name}: {exc.rule}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiSettings(Section):
+    """``[api]``: where and how events are sent."""
+
+    base_url: str = "https://esputnik.com/api"
+    version: Literal["v1", "v2"] = "v1"
+    key: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    username: str = "shop-events"
+    timeout: timedelta = timedelta(seconds=10)
+    connect_timeout: timedelta = timedelta(seconds=5)
+    rate_limit: float = 350.0
+    max_event_bytes: int = 20_000
+
+    def endpoint(self, path: str) -> str:
+        """Full URL of an API path such as ``"v1/event"``."""
+        return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
+
+    @property
+    def event_path(self) -> str:
+        """The Generate event path for the configured version."""
+        return f"{self.version}/event"
+
+    def check(self, path: str) -> None:
+        """An http(s) URL without credentials, a positive rate, room for one event."""
+        parts = urlsplit(self.base_url)
+        authority = self.base_url.split("://", 1)[-1].split("/", 1)[0]
+        if "@" in authority:  # checked first: the URL is echoed below
+            raise ConfigError(f"{path}base_url: must not hold credentials; set {path}key instead")
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(f"{path}base_url: must be an http(s) URL, got {self.base_url!r}")
+        if self.rate_limit <= 0:
+            raise ConfigError(f"{path}rate_limit: must be greater than 0 requests per second")
+        if self.max_event_bytes < 1024:
+            raise ConfigError(f"{path}max_event_bytes: must be at least 1024")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSettings(Section):
+    """``[database]``: where the plugin keeps its tables."""
+
+    url: str = "sqlite:///shop_events.db"
+    echo: bool = False
+
+    def resolved(self, base_dir: Path) -> DatabaseSettings:
+        """These settings with a relative SQLite path taken relative to ``base_dir``.
+
+        Returns ``self`` when there is nothing to resolve (another database, an absolute path,
+        ``:memory:``).
+        """
+        prefix = "sqlite:///"
+        if self.url.startswith(prefix):
+            path = self.url[len(prefix) :]
+            if path and path != ":memory:" and not Path(path).is_absolute():
+                return dataclasses.replace(self, url=prefix + str((base_dir / path).resolve()))
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerSettings(Section):
+    """``[scheduler]``: the in-process jobs."""
+
+    enabled: bool = True
+    scan_interval: timedelta = timedelta(minutes=1)
+    dispatch_interval: timedelta = timedelta(seconds=5)
+
+    def check(self, path: str) -> None:
+        """Both intervals are longer than zero."""
+        for name in ("scan_interval", "dispatch_interval"):
+            if getattr(self, name) <= timedelta(0):
+                raise ConfigError(f"{path}{name}: must be longer than 0s")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliverySettings(Section):
+    """``[delivery]``: claiming, retrying and giving up."""
+
+    batch_size: int = 100
+    threads: int = 4
+    lease: timedelta = timedelta(minutes=2)
+    backoff_base: timedelta = timedelta(seconds=30)
+    backoff_max: timedelta = timedelta(hours=1)
+    max_attempts: int = 25
+    give_up_after: timedelta = timedelta(hours=48)
+    auth_pause: timedelta = timedelta(minutes=5)
+
+    def check(self, path: str) -> None:
+        """At least one row, thread and attempt; a lease of at least 5s.
+
+        The lease against the API timeouts is a rule of :class:`Settings`, which sees both.
+        """
+        if self.batch_size < 1 or self.threads < 1:
+            raise ConfigError(f"{path}batch_size, {path}threads: must be at least 1")
+        if self.max_attempts < 1:
+            raise ConfigError(f"{path}max_attempts: must be at least 1")
+        if self.lease < timedelta(seconds=5):
+            raise ConfigError(f"{path}lease: must be at least 5s")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSettings(Section):
+    """What the abandonment flows share: when, which event, how often per contact."""
+
+    enabled: bool = True
+    after: timedelta = timedelta(hours=1)
+    event_type_key: str = ""
+    contact_interval: timedelta = timedelta(hours=24)
+    scan_batch: int = 500
+    marketing: bool = True
+    """Marketing flows skip contacts who opted out; transactional ones do not."""
+
+    def check(self, path: str) -> None:
+        """The event type key is one the platform accepts."""
+        _check_event_type_keys(path, {"event_type_key": self.event_type_key})
+
+
+@dataclasses.dataclass(frozen=True)
+class AbandonedCartSettings(FlowSettings):
+    """``[abandoned_cart]``: when an idle cart becomes an ``abandoned_cart`` event."""
+
+    event_type_key: str = "abandoned_cart"
+
+
+@dataclasses.dataclass(frozen=True)
+class AbandonedBrowseSettings(FlowSettings):
+    """``[abandoned_browse]``: products viewed, then neither carted nor ordered."""
+
+    event_type_key: str = "abandoned_browse"
+    max_items: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class UnfinishedRegistrationSettings(FlowSettings):
+    """``[unfinished_registration]``: a sign-up started and not completed."""
+
+    after: timedelta = timedelta(hours=24)
+    event_type_key: str = "unfinished_registration"
+
+
+def _default_status_events() -> dict[str, str]:
+    return {"DELIVERED": "orderDelivered", "CANCELLED": "orderCancelled"}
+
+
+@dataclasses.dataclass(frozen=True)
+class OrdersSettings(Section):
+    """``[orders]``: the events an order raises, and the optional Orders API."""
+
+    event_type_key: str = "orderCreated"
+    updated_event_type_key: str = "orderUpdated"
+    status_events: dict[str, str] = dataclasses.field(default_factory=_default_status_events)
+    """Order status → event type key; other statuses raise ``updated_event_type_key``."""
+    api: bool = False
+    """Also send orders to the Orders API (``{base_url}/v1/orders``), batched."""
+    api_batch: int = 1000
+
+    def check(self, path: str) -> None:
+        """Every event type key, including each status's, is one the platform accepts."""
+        _check_event_type_keys(
+            path,
+            {
+                "event_type_key": self.event_type_key,
+                "updated_event_type_key": self.updated_event_type_key,
+                **{f"status_events.{k}": v for k, v in self.status_events.items()},
+            },
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EventsSettings(Section):
+    """``[events]``: keys of the immediate events (transactional: sent even after opt-out)."""
+
+    login: str = "login"
+    password_change: str = "password_change"
+    password_reset: str = "password_reset"
+    create_contact: str = "create_contact"
+    update_contact: str = "update_contact"
+
+    def check(self, path: str) -> None:
+        """Every key is an event type key the platform accepts."""
+        _check_event_type_keys(path, dataclasses.asdict(self))
+
+
+FIELD_TYPES = ("date", "number", "text", "bool")
+"""The kinds an additional contact field may have (``[contacts] fields``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ContactsSettings(Section):
+    """``[contacts]``: the checks on contact data, which the platform drops silently if wrong."""
+
+    name_max: int = 40
+    default_region: str = ""
+    """Region for phone numbers written without ``+`` (e.g. ``"UA"``); empty: ``+`` required."""
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Additional contact field id → ``date``, ``number``, ``text`` or ``bool``."""
+
+    def check(self, path: str) -> None:
+        """A known region code, numeric field ids of a known kind, names of at least 1."""
+        import phonenumbers
+
+        if self.default_region and self.default_region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ConfigError(
+                f"{path}default_region: {self.default_region!r} is not a region code such as 'UA'"
+            )
+        for field_id, kind in self.fields.items():
+            if not field_id.isdigit():
+                raise ConfigError(f"{path}fields.{field_id}: a field id is a number, like 10001")
+            if kind not in FIELD_TYPES:
+                raise ConfigError(
+                    f"{path}fields.{field_id}: {kind!r} is not one of {', '.join(FIELD_TYPES)}"
+                )
+        if self.name_max < 1:
+            raise ConfigError(f"{path}name_max: must be at least 1")
+
+
+DEFAULT_BOT_AGENTS = (
+    "bot",
+    "spider",
+    "crawl",
+    "slurp",
+    "headless",
+    "phantomjs",
+    "selenium",
+    "puppeteer",
+    "playwright",
+    "lighthouse",
+    "pagespeed",
+    "python-requests",
+    "curl/",
+    "wget/",
+    "facebookexternalhit",
+    "mediapartners-google",
+    "adsbot",
+    "google-inspectiontool",
+    "storebot-google",
+    "bingpreview",
+    "yandex",
+    "baiduspider",
+    "semrush",
+    "ahrefs",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BotsSettings(Section):
+    """``[bots]``: traffic that creates nothing."""
+
+    enabled: bool = True
+    user_agents: tuple[str, ...] = DEFAULT_BOT_AGENTS
+    """Case-insensitive substrings of a User-Agent that mark a bot."""
+    emails: tuple[str, ...] = ()
+    """Glob patterns of addresses that crawlers and test orders use (``*@merchant-test.*``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetentionSettings(Section):
+    """``[retention]``: how long finished activity and sent events are kept."""
+
+    days: int = 30
+    interval: timedelta = timedelta(hours=1)
+    batch: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemsSettings(Section):
+    """``[items]``: the field names of one product in the ``items`` param (case is kept)."""
+
+    param: str = "items"
+    dropped_param: str = "items_dropped"
+    name: str = "name"
+    price: str = "price"
+    url: str = "url"
+    imageurl: str = "imageurl"
+    brand: str = "brand"
+    quantity: str = "quantity"
+    sku: str = "sku"
+    tag_prefix: str = "tags_"
+
+
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ADMIN_ACCESS = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class WebSettings(Section):
+    """``[web]``: browser tracking (``POST /shop-events/track``) and the operator pages (Flask)."""
+
+    track: bool = True
+    """Serve ``POST /shop-events/track`` and ``/shop-events/static/shop-events.js``."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins besides the request's own host that may post (``https://www.shop.example``)."""
+    token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    """When set, requests carrying ``X-Shop-Events-Token: <token>`` skip the origin check."""
+    max_body_bytes: int = 4096
+    rate_limit: float = 2.0
+    """Sustained requests per second per client address."""
+    rate_burst: int = 20
+    """Requests a client address may make at once before the rate limit applies."""
+    identify: bool = True
+    """Accept ``shopEvents.identify(email)`` from the browser."""
+    item_hosts: tuple[str, ...] = ()
+    """Hosts (globs) besides the shop's own that product ``url``/``imageurl`` may point at."""
+    cookie_name: str = "se_vid"
+    cookie_max_age: timedelta = timedelta(days=365)
+    admin_access: str = ""
+    """``module:function`` returning True when the current request may see the operator pages;
+    empty: the pages are off (404) unless ``ShopEvents(app, admin_access=...)`` is given."""
+    admin_page_size: int = 50
+
+    def check(self, path: str) -> None:
+        """Real origins, sane sizes and rates, a valid cookie, ``module:function`` access."""
+        for origin in self.allowed_origins:
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in {"http", "https"}
+                or not parts.netloc
+                or parts.path not in ("", "/")
+            ):
+                raise ConfigError(
+                    f"{path}allowed_origins: {origin!r} is not an origin like 'https://shop.example'"
+                )
+        if self.max_body_bytes < 256:
+            raise ConfigError(f"{path}max_body_bytes: must be at least 256")
+        if self.rate_limit <= 0:
+            raise ConfigError(f"{path}rate_limit: must be greater than 0 requests per second")
+        if self.rate_burst < 1:
+            raise ConfigError(f"{path}rate_burst: must be at least 1")
+        if not _COOKIE_NAME.fullmatch(self.cookie_name):
+            raise ConfigError(f"{path}cookie_name: letters, digits, '_' and '-' only, at most 64")
+        if self.cookie_max_age <= timedelta(0):
+            raise ConfigError(f"{path}cookie_max_age: must be longer than 0s")
+        if self.admin_access and not _ADMIN_ACCESS.fullmatch(self.admin_access):
+            raise ConfigError(f"{path}admin_access: {self.admin_access!r} is not 'module:function'")
+        if self.admin_page_size < 1:
+            raise ConfigError(f"{path}admin_page_size: must be at least 1")

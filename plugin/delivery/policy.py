@@ -1,0 +1,177 @@
+"""What one send attempt does to its row: the whole retry policy, pure.
+
+No database, no HTTP, no clock reads: the time and the random source are arguments, so every
+rule here is tested without a server. The transport reports what happened (:class:`Result`);
+:func:`decide` turns it into a :data:`Decision`; the dispatcher applies that to storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from ..config import DeliverySettings
+
+PAUSE_REASON_MAX = 500
+"""The pause's reason is shown on the status page and in ``shop-events status``: one line."""
+
+AUTH_TEXT = "bad API key"
+"""The error of a 401/403 that came without a reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What one attempt got back: status code (None: no response), reason text, requested wait."""
+
+    status: int | None
+    text: str
+    retry_after: timedelta | None = None
+
+
+class Outcome(StrEnum):
+    """What a response means for its row, before attempts and age are counted."""
+
+    SENT = "sent"
+    RETRY = "retry"
+    """429, 425, 408, 5xx, timeouts and connection errors: try again later."""
+    DEAD = "dead"
+    """Any other status: the platform refused the event; retrying cannot help."""
+    AUTH = "auth"
+    """401/403: the key is wrong; pause delivery, spend no attempt."""
+
+
+def classify(status: int | None) -> Outcome:
+    """Map an HTTP status (None: no response at all) to an :class:`Outcome`."""
+    if status is None:
+        return Outcome.RETRY
+    if 200 <= status < 300:
+        return Outcome.SENT
+    if status in (401, 403):
+        return Outcome.AUTH
+    if status in (408, 425, 429) or status >= 500:
+        return Outcome.RETRY
+    return Outcome.DEAD
+
+
+def backoff(
+    settings: DeliverySettings,
+    attempts: int,
+    retry_after: timedelta | None = None,
+    rng: random.Random | None = None,
+) -> timedelta:
+    """Delay before the next try after ``attempts`` failed ones: exponential, capped, jittered.
+
+    Half the delay is fixed and half random, so workers that failed together spread out; a
+    ``Retry-After`` from the server is a floor, never shortened.
+    """
+    base = settings.backoff_base.total_seconds()
+    cap = settings.backoff_max.total_seconds()
+    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    delay = delay / 2 + (rng or random).uniform(0, delay / 2)
+    if retry_after is not None:
+        delay = max(delay, retry_after.total_seconds())
+    return timedelta(seconds=delay)
+
+
+def gives_up(
+    settings: DeliverySettings, attempts: int, created_at: datetime, now: datetime
+) -> bool:
+    """Whether a row that just failed transiently should go to the dead letters instead."""
+    return attempts >= settings.max_attempts or now - created_at >= settings.give_up_after
+
+
+class Row(Protocol):
+    """What the policy reads of an outbox row (a claimed row satisfies it)."""
+
+    @property
+    def attempts(self) -> int:
+        """Attempts spent before this one."""
+
+    @property
+    def created_at(self) -> datetime:
+        """When the row was queued (or last replayed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sent:
+    """The platform accepted the event."""
+
+    attempts: int
+    status: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """A transient failure: try again at ``at``."""
+
+    at: datetime
+    error: str
+    attempts: int
+    status: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Dead:
+    """Refused, or out of attempts or time: the row becomes a dead letter with ``error``."""
+
+    error: str
+    attempts: int
+    status: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pause:
+    """The key was refused: pause all delivery until ``until``; the row goes back unspent."""
+
+    until: datetime
+    error: str
+    status: int | None
+
+    @property
+    def reason(self) -> str:
+        """The pause's reason as stored for operators."""
+        return self.error[:PAUSE_REASON_MAX]
+
+
+@dataclasses.dataclass(frozen=True)
+class Released:
+    """Not tried (shutdown, or the key was refused for another row): back unspent."""
+
+
+Decision = Sent | Retry | Dead | Pause | Released
+"""Everything a send can do to its row."""
+
+
+def decide(
+    result: Result | None,
+    row: Row,
+    settings: DeliverySettings,
+    now: datetime,
+    rng: random.Random | None = None,
+) -> Decision:
+    """What ``result`` (None: not tried) does to ``row`` at ``now``."""
+    if result is None:
+        return Released()
+    attempts = row.attempts + 1
+    outcome = classify(result.status)
+    if outcome is Outcome.SENT:
+        return Sent(attempts=attempts, status=result.status)
+    if outcome is Outcome.AUTH:
+        error = f"HTTP {result.status}: {result.text or AUTH_TEXT}"
+        return Pause(until=now + settings.auth_pause, error=error, status=result.status)
+    if outcome is Outcome.DEAD:
+        return Dead(error=describe(result), attempts=attempts, status=result.status)
+    if gives_up(settings, attempts, row.created_at, now):
+        error = f"gave up after {attempts} attempts: {describe(result)}"
+        return Dead(error=error, attempts=attempts, status=result.status)
+    at = now + backoff(settings, attempts, result.retry_after, rng)
+    return Retry(at=at, error=describe(result), attempts=attempts, status=result.status)
+
+
+def describe(result: Result) -> str:
+    """A failed attempt as stored in ``last_error``: ``HTTP 503: text`` or ``no response: …``."""
+    status = f"HTTP {result.status}" if result.status is not None else "no response"
+    return f"{status}: {result.text}" if result.text else status

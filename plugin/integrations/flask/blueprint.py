@@ -1,0 +1,90 @@
+"""The plugin's Flask blueprint (``/shop-events``), what it knows of each app, and installing it.
+
+The views attach themselves to :data:`blueprint` when their modules are imported: browser
+tracking in :mod:`.tracking`, the operator pages in :mod:`.admin`. :func:`register` installs
+the blueprint on an app with the app's tracker and hooks (``ShopEvents`` calls it).
+
+Like the rest of :mod:`shop_events.integrations.flask`, this is Flask-only; the core never
+imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any, cast
+
+from flask import Blueprint, Flask, current_app
+
+from ...config import WebSettings
+from ...errors import ConfigError
+from ...tracker import Tracker
+
+URL_PREFIX = "/shop-events"
+WEB_KEY = "shop_events.web"
+
+AdminAccess = Callable[[], bool]
+"""Called in the request context of an operator page: True lets the request in."""
+CurrentEmail = Callable[[], "str | None"]
+"""Called in the request context of a tracking call: the signed-in shopper's email, or None."""
+
+blueprint = Blueprint(
+    "shop_events",
+    __name__,
+    url_prefix=URL_PREFIX,
+    static_folder="static",
+    template_folder="templates",
+)
+
+
+@dataclasses.dataclass
+class WebState:
+    """What the blueprint needs of one app: its tracker and the hooks given to ShopEvents."""
+
+    tracker: Tracker
+    admin_access: AdminAccess | None
+    current_email: CurrentEmail | None
+
+    @property
+    def settings(self) -> WebSettings:
+        """The ``[web]`` settings of this app's tracker."""
+        return self.tracker.settings.web
+
+
+def register(
+    app: Flask,
+    tracker: Tracker,
+    *,
+    admin_access: AdminAccess | None = None,
+    current_email: CurrentEmail | None = None,
+) -> WebState:
+    """Install the blueprint on ``app`` (once; ``ShopEvents`` calls it)."""
+    if WEB_KEY in app.extensions:
+        raise RuntimeError("the shop-events blueprint is already registered on this app")
+    web = tracker.settings.web
+    if admin_access is None and web.admin_access:
+        admin_access = _import_check(web.admin_access)
+    state = WebState(tracker=tracker, admin_access=admin_access, current_email=current_email)
+    app.extensions[WEB_KEY] = state
+    app.register_blueprint(blueprint)
+    return state
+
+
+def web_state(app: Flask | None = None) -> WebState:
+    """The blueprint's state of ``app`` (by default the current app)."""
+    state: WebState = (app or current_app).extensions[WEB_KEY]
+    return state
+
+
+def _import_check(path: str) -> AdminAccess:
+    module, _, name = path.partition(":")
+    try:
+        found: Any = importlib.import_module(module)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"web.admin_access: cannot import {path!r}: {exc}") from None
+    if not callable(found):
+        raise ConfigError(f"web.admin_access: {path!r} is not callable")
+    return cast(AdminAccess, found)

@@ -1,0 +1,785 @@
+"""Automatic capture from the shop's own SQLAlchemy models: :class:`CaptureModels` and the
+session listeners.
+
+Given the mappings (:mod:`.mappings`), the plugin listens to SQLAlchemy's ORM events and calls
+the tracker itself:
+
+- cart lines inserted, updated or deleted (also bulk ``session.execute(delete(CartLine)…)``),
+  or the cart row changed → ``cart_updated`` with the whole cart as it is at commit, and
+  ``cart_cleared`` when it became empty;
+- an order inserted → ``order_placed`` at commit once it has lines: an order committed without
+  lines waits for the commit that adds them, so no order goes out without its products. A later
+  change of its status (with ``status=`` mapped) → ``order_status_changed``;
+- a customer inserted → ``registration_completed`` (and ``contact_upserted`` if asked).
+
+What changed is collected at every flush and turned into captures when the outermost
+transaction commits, so a rolled-back transaction emits nothing. When the plugin's tables are in
+the same database as the models, the rows are written inside the host's transaction just before
+it commits (a failing commit loses both); otherwise with the plugin's own engine just after it.
+
+The listeners are registered on SQLAlchemy's ``Session`` class once per process, however many
+apps or captures it creates; each capture handles only the sessions bound to its ``engines``
+(all sessions when not given). Under Flask,
+:func:`~shop_events.integrations.flask.capture_models` builds one for Flask-SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, Connection, Engine, Table, event, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import (
+    InstanceState,
+    Mapper,
+    ORMExecuteState,
+    Session,
+    SessionTransaction,
+    UOWTransaction,
+    selectinload,
+)
+
+from ...storage import orders
+from ...tracker import Tracker
+from .mappings import (
+    CartMapping,
+    CustomerMapping,
+    Key,
+    OrderMapping,
+    Parent,
+    getter_of,
+    mapper_of,
+    parent_of,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CaptureModels", "same_database"]
+
+T = TypeVar("T")
+ErrorHandler = Callable[[str, Exception], None]
+Call = Callable[["Connection | None"], None]
+"""One tracker call, on the host's connection (inside its transaction) or, given None, ours."""
+
+# -- what the listeners know about a mapping ---------------------------------------------------
+
+
+class _Role(enum.Enum):
+    CART = "cart"
+    CART_LINE = "cart line"
+    ORDER = "order"
+    ORDER_LINE = "order line"
+    CUSTOMER = "customer"
+
+
+def _key(state: InstanceState[Any], keys: Sequence[str]) -> tuple[Key | None, Key | None]:
+    """The key's current and previous values from the instance, without loading anything."""
+    now: list[Any] = []
+    before: list[Any] = []
+    moved = False
+    for attr in keys:
+        history = state.attrs[attr].history
+        current = history.added or history.unchanged
+        if not current:
+            return None, None
+        now.append(current[0])
+        if history.deleted and history.deleted[0] is not None:
+            before.append(history.deleted[0])
+            moved = True
+        else:
+            before.append(current[0])
+    key = tuple(now)
+    return (None if None in key else key), (tuple(before) if moved else None)
+
+
+def _primary_key(state: InstanceState[Any]) -> Key | None:
+    values = tuple(state.mapper.primary_key_from_instance(state.obj()))
+    return None if None in values else values
+
+
+# -- per session and transaction ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Pending:
+    """What one capture saw in one session's transaction, until it commits or rolls back."""
+
+    carts: dict[Key, str | None] = dataclasses.field(default_factory=dict)
+    """Carts to send at commit; the value is the plugin's id, known for carts being deleted."""
+    new_carts: set[Key] = dataclasses.field(default_factory=set)
+    new_orders: dict[Key, None] = dataclasses.field(default_factory=dict)
+    """Orders inserted, or given new lines: placed at commit if they have lines."""
+    changed_orders: dict[Key, None] = dataclasses.field(default_factory=dict)
+    customers: dict[Key, None] = dataclasses.field(default_factory=dict)
+    deferred: list[tuple[str, Call]] = dataclasses.field(default_factory=list)
+    """Captures computed at commit, written after it with the plugin's engine."""
+
+    def touched(self) -> bool:
+        return bool(self.carts or self.new_orders or self.changed_orders or self.customers)
+
+    def forget_touched(self) -> None:
+        self.carts.clear()
+        self.new_carts.clear()
+        self.new_orders.clear()
+        self.changed_orders.clear()
+        self.customers.clear()
+
+
+_INFO_KEY = "shop_events.orm"
+
+
+def _pending(session: Session, capture: CaptureModels) -> _Pending:
+    found: dict[CaptureModels, _Pending] = session.info.setdefault(_INFO_KEY, {})
+    return found.setdefault(capture, _Pending())
+
+
+def _pendings(session: Session) -> dict[CaptureModels, _Pending]:
+    found: dict[CaptureModels, _Pending] = session.info.get(_INFO_KEY, {})
+    return found
+
+
+# -- the capture -------------------------------------------------------------------------------
+
+
+class CaptureModels:
+    """Captures carts, orders and customers from the shop's models, at each commit.
+
+    ``engines``: handle only sessions bound to these engines (several apps in one process each
+    have their own); all sessions when None. ``capture_outside_requests=False`` ignores work
+    done where ``in_request()`` is false (seed scripts, CLI commands). ``join_transaction``:
+    write inside the host's transaction; by default when the models' database is the plugin's.
+    ``on_error(what, exc)`` is called when a capture cannot be recorded (bad data, a broken
+    getter, a database error); by default it is logged and the shop's commit goes on. Raise
+    from it to make the commit fail instead.
+
+    The capture stays active until :meth:`close`. A second capture of the same model for the
+    same sessions is refused: every change would be sent twice.
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        cart: CartMapping[Any] | None = None,
+        order: OrderMapping[Any] | None = None,
+        customer: CustomerMapping[Any] | None = None,
+        engines: Engine | Iterable[Engine] | None = None,
+        capture_outside_requests: bool = True,
+        in_request: Callable[[], bool] | None = None,
+        join_transaction: bool | None = None,
+        on_error: ErrorHandler | None = None,
+    ) -> None:
+        if cart is None and order is None and customer is None:
+            raise ValueError("CaptureModels needs cart=, order= or customer=")
+        if not capture_outside_requests and in_request is None:
+            raise ValueError(
+                "capture_outside_requests=False needs in_request= (under Flask, "
+                "shop_events.integrations.flask.capture_models passes it)"
+            )
+        self.tracker = tracker
+        self.engines: tuple[Engine, ...] | None = (
+            None
+            if engines is None
+            else (engines,)
+            if isinstance(engines, Engine)
+            else tuple(engines)
+        )
+        self.capture_outside_requests = capture_outside_requests
+        self._in_request = in_request
+        self._join = join_transaction
+        self._on_error = on_error
+        self.cart = cart
+        self.order = order
+        self.customer = customer
+        self._roles: dict[Mapper[Any], _Role] = {}
+        self._cart: Parent | None = None
+        self._order: Parent | None = None
+        if cart is not None:
+            self._cart = parent_of("cart", cart.model, cart.lines)
+            self._cart_get = {
+                name: getter_of(f"cart.{name}", cart.model, getattr(cart, name))
+                for name in ("id", "email", "visitor_id", "currency", "restore_url")
+            }
+            self._roles[self._cart.mapper] = _Role.CART
+            self._roles[self._cart.line_mapper] = _Role.CART_LINE
+        if order is not None:
+            self._order = parent_of("order", order.model, order.lines)
+            self._order_get = {
+                name: getter_of(f"order.{name}", order.model, getattr(order, name))
+                for name in ("id", "email", "total", "currency", "cart_id", "status")
+            }
+            self._roles[self._order.mapper] = _Role.ORDER
+            self._roles[self._order.line_mapper] = _Role.ORDER_LINE
+        if customer is not None:
+            self._customer = mapper_of("customer", customer.model)
+            self._customer_get = {
+                name: getter_of(f"customer.{name}", customer.model, getattr(customer, name))
+                for name in ("email", "first_name", "last_name", "phone")
+            }
+            if self._customer in self._roles:
+                raise ValueError("customer.model: the model is already mapped as a cart or order")
+            self._roles[self._customer] = _Role.CUSTOMER
+        if len(self._roles) < (2 if cart else 0) + (2 if order else 0) + (1 if customer else 0):
+            raise ValueError("cart, order and customer must use different models")
+        self._any_mapper = next(iter(self._roles))
+        _register(self)
+
+    def __repr__(self) -> str:
+        models = ", ".join(m.class_.__name__ for m in self._roles)
+        return f"CaptureModels({models})"
+
+    @property
+    def active(self) -> bool:
+        """Whether this capture is registered (not yet closed)."""
+        return self in _registry
+
+    def close(self) -> None:
+        """Stop capturing: changes committed from now on are not seen by this capture."""
+        _unregister(self)
+
+    # -- which sessions --------------------------------------------------------------------
+
+    def wants(self, session: Session) -> bool:
+        """Whether this capture handles ``session`` now."""
+        if not self.capture_outside_requests:
+            assert self._in_request is not None
+            if not self._in_request():
+                return False
+        if self.engines is None:
+            return True
+        bind = self._bind(session)
+        return bind is not None and any(bind is engine for engine in self.engines)
+
+    def _bind(self, session: Session) -> Engine | None:
+        try:
+            bind = session.get_bind(mapper=self._any_mapper)
+        except Exception:  # an unbound session, or Flask-SQLAlchemy outside an app context
+            return None
+        return bind.engine
+
+    def _joins(self, session: Session) -> bool:
+        if self._join is not None:
+            return self._join
+        bind = self._bind(session)
+        return bind is not None and same_database(bind, self.tracker.engine)
+
+    # -- collecting (at each flush) --------------------------------------------------------
+
+    def _note(self, session: Session, role: _Role, state: InstanceState[Any], how: str) -> None:
+        pending = _pending(session, self)
+        if role is _Role.CART:
+            assert self._cart is not None
+            key, _ = _key(state, self._cart.keys)
+            if key is None:
+                return
+            if how == "deleted":
+                if pending.carts.get(key) is None:
+                    pending.carts[key] = self._deleted_cart_id(state, key)
+            else:
+                pending.carts.setdefault(key, None)
+                if how == "new":
+                    pending.new_carts.add(key)
+        elif role is _Role.CART_LINE:
+            assert self._cart is not None
+            for key in _key(state, self._cart.line_keys):
+                if key is not None:
+                    pending.carts.setdefault(key, None)
+        elif role is _Role.ORDER:
+            assert self._order is not None
+            key, _ = _key(state, self._order.keys)
+            if key is not None and how == "new":
+                pending.new_orders[key] = None
+            elif key is not None and how == "dirty":
+                pending.changed_orders[key] = None
+        elif role is _Role.ORDER_LINE:
+            assert self._order is not None
+            key, _ = _key(state, self._order.line_keys)
+            if key is not None and how == "new":
+                pending.new_orders[key] = None
+        elif role is _Role.CUSTOMER and how == "new":
+            key = _primary_key(state)
+            if key is not None:
+                pending.customers[key] = None
+
+    def _deleted_cart_id(self, state: InstanceState[Any], key: Key) -> str | None:
+        try:
+            value = self._cart_get["id"](state.obj())
+        except Exception:
+            value = self._cart_id_from_key(key)
+        return None if value is None else str(value)
+
+    def _cart_id_from_key(self, key: Key) -> str | None:
+        # The usual case: the cart is known by its primary key, the column its lines point at.
+        assert self.cart is not None and self._cart is not None
+        if isinstance(self.cart.id, str) and (self.cart.id,) == self._cart.keys:
+            return str(key[0])
+        return None
+
+    def _bulk(self, state: ORMExecuteState, role: _Role) -> None:
+        """``session.execute(delete/update/insert(...))``: the carts or orders it touches."""
+        session = state.session
+        statement: Any = state.statement
+        pending = _pending(session, self)
+        parent = self._cart if role in (_Role.CART, _Role.CART_LINE) else self._order
+        if state.is_insert:
+            if role in (_Role.CART_LINE, _Role.ORDER_LINE):
+                assert parent is not None
+                for key in _keys_in(state.parameters, parent.line_keys, parent.line_columns):
+                    if role is _Role.CART_LINE:
+                        pending.carts.setdefault(key, None)
+                    else:
+                        pending.new_orders[key] = None
+            return
+        where = statement.whereclause
+        assert parent is not None
+        bind_arguments = {"mapper": parent.mapper}
+        if role is _Role.CART_LINE:
+            query = select(*parent.line_columns).distinct()
+            rows = session.execute(
+                query if where is None else query.where(where), bind_arguments=bind_arguments
+            )
+            for row in rows:
+                if None not in tuple(row):
+                    pending.carts.setdefault(tuple(row), None)
+        elif role is _Role.CART:
+            query = select(parent.mapper)
+            found = session.execute(
+                query if where is None else query.where(where), bind_arguments=bind_arguments
+            ).scalars()
+            for cart in found:
+                key = tuple(getattr(cart, k) for k in parent.keys)
+                if state.is_delete:
+                    pending.carts[key] = self._deleted_cart_id(inspect(cart), key)
+                else:
+                    pending.carts.setdefault(key, None)
+        elif role is _Role.ORDER and state.is_update:
+            query = select(*parent.columns)
+            rows = session.execute(
+                query if where is None else query.where(where), bind_arguments=bind_arguments
+            )
+            for row in rows:
+                pending.changed_orders[tuple(row)] = None
+
+    # -- acting (at commit) ----------------------------------------------------------------
+
+    def _commit(self, session: Session, pending: _Pending) -> None:
+        """Compute the captures of this transaction; write them now if joining it."""
+        joined = self._joins(session)
+        calls: list[tuple[str, Call]] = []
+        for what, compute in (
+            ("the customers of this commit", self._customer_calls),
+            ("the carts of this commit", self._cart_calls),
+        ):
+            try:
+                calls += compute(session, pending)
+            except Exception as exc:
+                self._failed(what, exc)
+        if pending.new_orders or pending.changed_orders:
+            try:
+                if joined:
+                    conn = self._connection(session)
+                    with _savepoint(conn):
+                        calls += self._order_calls(session, pending, conn)
+                else:
+                    with self.tracker.engine.connect() as conn:
+                        calls += self._order_calls(session, pending, conn)
+            except Exception as exc:
+                self._failed("the orders of this commit", exc)
+        pending.forget_touched()
+        if joined:
+            conn = self._connection(session)
+            for what, call in calls:
+                self._run(what, call, conn)
+        else:
+            pending.deferred += calls
+
+    def _after_commit(self, pending: _Pending) -> None:
+        calls, pending.deferred = pending.deferred, []
+        for what, call in calls:
+            self._run(what, call, None)
+
+    def _connection(self, session: Session) -> Connection:
+        return session.connection(bind_arguments={"mapper": self._any_mapper})
+
+    def _run(self, what: str, call: Call, conn: Connection | None) -> None:
+        try:
+            with _savepoint(conn):
+                call(conn)
+        except Exception as exc:
+            self._failed(what, exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        if self._on_error is not None:
+            self._on_error(what, exc)
+        else:
+            log.error("%s was not captured: %s", what, exc)
+
+    def _compute(self, what: str, compute: Callable[[], T]) -> T | None:
+        try:
+            return compute()
+        except Exception as exc:
+            self._failed(what, exc)
+            return None
+
+    def _customer_calls(self, session: Session, pending: _Pending) -> Iterator[tuple[str, Call]]:
+        if self.customer is None or not pending.customers:
+            return
+        mapping, get = self.customer, self._customer_get
+        for key in list(pending.customers):
+            customer = session.get(mapping.model, key)
+            if customer is None:  # inserted in a savepoint that rolled back
+                continue
+            what = f"the new {mapping.model.__name__} {key[0] if len(key) == 1 else key}"
+
+            def read(customer: Any = customer) -> dict[str, Any]:
+                values = {name: getter(customer) for name, getter in get.items()}
+                if mapping.fields is not None:
+                    values["fields"] = mapping.fields(customer)
+                return values
+
+            values = self._compute(what, read)
+            if values is None:
+                continue
+            yield what, self._customer_call(values)
+
+    def _customer_call(self, values: dict[str, Any]) -> Call:
+        assert self.customer is not None
+        upsert = self.customer.upsert_contact
+
+        def call(conn: Connection | None) -> None:
+            email = values["email"]
+            self.tracker.registration_completed(email, connection=conn)
+            if upsert:
+                self.tracker.contact_upserted(
+                    email,
+                    first_name=values["first_name"],
+                    last_name=values["last_name"],
+                    phone=values["phone"],
+                    fields=values.get("fields"),
+                    created=True,
+                    connection=conn,
+                )
+
+        return call
+
+    def _cart_calls(self, session: Session, pending: _Pending) -> Iterator[tuple[str, Call]]:
+        if self.cart is None or not pending.carts:
+            return
+        assert self._cart is not None
+        mapping, parent, get = self.cart, self._cart, self._cart_get
+        for key, known_id in list(pending.carts.items()):
+            cart = _load(session, mapping.model, parent, key)
+            if cart is None:
+                cart_id = known_id or self._cart_id_from_key(key)
+                if cart_id is not None:
+                    yield f"the deleted cart {cart_id}", _cleared(self.tracker, cart_id)
+                continue
+            what = f"the cart {key[0] if len(key) == 1 else key}"
+            lines = list(getattr(cart, parent.lines.key))
+            if not lines and key in pending.new_carts:
+                continue  # a new empty cart: nothing to clear
+
+            def read(cart: Any = cart, lines: list[Any] = lines) -> dict[str, Any]:
+                values = {name: getter(cart) for name, getter in get.items()}
+                values["items"] = [mapping.item(line) for line in lines]
+                return values
+
+            values = self._compute(what, read)
+            if values is None:
+                continue
+            cart_id = values.pop("id")
+            if not lines:
+                yield what, _cleared(self.tracker, cart_id)
+            else:
+                yield what, self._cart_call(cart_id, values)
+
+    def _cart_call(self, cart_id: Any, values: dict[str, Any]) -> Call:
+        def call(conn: Connection | None) -> None:
+            self.tracker.cart_updated(cart_id, connection=conn, **values)
+
+        return call
+
+    def _order_calls(
+        self, session: Session, pending: _Pending, plugin: Connection
+    ) -> list[tuple[str, Call]]:
+        assert self.order is not None and self._order is not None
+        mapping, parent, get = self.order, self._order, self._order_get
+        found: list[tuple[Key, str, Any, list[Any]]] = []
+        for key in {**pending.new_orders, **pending.changed_orders}:
+            order = _load(session, mapping.model, parent, key)
+            if order is None:
+                continue
+            order_id = self._compute(f"the order {key}", functools.partial(get["id"], order))
+            if order_id is not None:
+                lines = list(getattr(order, parent.lines.key))
+                found.append((key, str(order_id).strip(), order, lines))
+        if not found:
+            return []
+        stored = orders.statuses(plugin, [order_id for _, order_id, _, _ in found])
+        calls: list[tuple[str, Call]] = []
+        for key, order_id, order, lines in found:
+            what = f"the order {order_id}"
+            if order_id not in stored:
+                if key not in pending.new_orders:
+                    continue  # an order from before the plugin: only new orders are placed
+                if not lines:
+                    log.debug("%s has no lines yet: placed when they are committed", what)
+                    continue
+
+                def read(order: Any = order, lines: list[Any] = lines) -> dict[str, Any]:
+                    values = {name: getter(order) for name, getter in get.items()}
+                    values["items"] = [mapping.item(line) for line in lines]
+                    return values
+
+                values = self._compute(what, read)
+                if values is not None:
+                    calls.append((what, self._placed_call(order_id, values)))
+            elif mapping.status is not None:
+                status = self._compute(what, functools.partial(get["status"], order))
+                if status is not None and str(status).strip().upper() != stored[order_id]:
+                    calls.append((what, self._status_call(order_id, str(status))))
+        return calls
+
+    def _placed_call(self, order_id: str, values: dict[str, Any]) -> Call:
+        values.pop("id")
+        if values["status"] is None:
+            del values["status"]  # the tracker's default
+        else:
+            values["status"] = str(values["status"])
+
+        def call(conn: Connection | None) -> None:
+            self.tracker.order_placed(order_id, connection=conn, **values)
+
+        return call
+
+    def _status_call(self, order_id: str, status: str) -> Call:
+        def call(conn: Connection | None) -> None:
+            self.tracker.order_status_changed(order_id, status=status, connection=conn)
+
+        return call
+
+
+def _cleared(tracker: Tracker, cart_id: Any) -> Call:
+    def call(conn: Connection | None) -> None:
+        tracker.cart_cleared(cart_id, connection=conn)
+
+    return call
+
+
+@contextlib.contextmanager
+def _savepoint(conn: Connection | None) -> Iterator[None]:
+    """A savepoint on the host's PostgreSQL connection: a failed statement there would abort
+    the shop's whole transaction. (SQLite undoes only the failed statement.)
+    """
+    if conn is None or conn.dialect.name == "sqlite":
+        yield
+    else:
+        with conn.begin_nested():
+            yield
+
+
+def _load(session: Session, model: type[Any], parent: Parent, key: Key) -> Any:
+    """The parent with its lines as they are in the database now (after the last flush).
+
+    Lines added by their foreign key, or removed by a bulk delete, are not in a collection
+    loaded earlier: the row and its lines are read again.
+    """
+    return (
+        session.execute(
+            select(model)
+            .where(*parent.where(key))
+            .options(selectinload(parent.lines.class_attribute))
+            .execution_options(populate_existing=True),
+            bind_arguments={"mapper": parent.mapper},
+        )
+        .scalars()
+        .first()
+    )
+
+
+def _keys_in(
+    parameters: Any, keys: Sequence[str], columns: Sequence[ColumnElement[Any]]
+) -> list[Key]:
+    """Foreign keys in the parameters of a bulk insert (by attribute key or column name)."""
+    rows = parameters if isinstance(parameters, list | tuple) else [parameters or {}]
+    found: list[Key] = []
+    for row in rows:
+        values = tuple(
+            row.get(attr, row.get(column.key)) for attr, column in zip(keys, columns, strict=True)
+        )
+        if None not in values:
+            found.append(values)
+    return found
+
+
+def same_database(a: Engine, b: Engine) -> bool:
+    """Whether two engines reach the same database (an in-memory SQLite is its engine's own)."""
+    if a is b:
+        return True
+    url_a, url_b = make_url(str(a.url)), make_url(str(b.url))
+    if url_a.get_backend_name() != url_b.get_backend_name():
+        return False
+    if url_a.get_backend_name() == "sqlite":
+        files = [u.database for u in (url_a, url_b)]
+        if any(f in (None, "", ":memory:") for f in files):
+            return False
+        return os.path.realpath(str(files[0])) == os.path.realpath(str(files[1]))
+    return (url_a.host, url_a.port, url_a.database, url_a.query.get("host")) == (
+        url_b.host,
+        url_b.port,
+        url_b.database,
+        url_b.query.get("host"),
+    )
+
+
+# -- the process-wide listeners ----------------------------------------------------------------
+
+_registry: tuple[CaptureModels, ...] = ()
+_lock = threading.Lock()
+_listening = False
+
+
+def _register(capture: CaptureModels) -> None:
+    global _registry
+    with _lock:
+        for other in _registry:
+            shared = set(capture._roles) & set(other._roles)
+            if shared and _overlap(capture.engines, other.engines):
+                names = ", ".join(sorted(m.class_.__name__ for m in shared))
+                raise ValueError(
+                    f"{names} already captured by {other!r} for the same sessions: every "
+                    "change would be sent twice. close() it first, or pass engines= to tell "
+                    "the apps apart"
+                )
+        _registry = (*_registry, capture)
+        _listen()
+
+
+def _unregister(capture: CaptureModels) -> None:
+    global _registry
+    with _lock:
+        _registry = tuple(c for c in _registry if c is not capture)
+
+
+def _overlap(a: tuple[Engine, ...] | None, b: tuple[Engine, ...] | None) -> bool:
+    if a is None or b is None:
+        return True
+    return any(x is y for x in a for y in b)
+
+
+def _listen() -> None:
+    """Register the listeners on the ``Session`` class, once per process (under ``_lock``)."""
+    global _listening
+    if _listening:
+        return
+    event.listen(Session, "before_flush", _before_flush)
+    event.listen(Session, "after_flush", _after_flush)
+    event.listen(Session, "do_orm_execute", _do_orm_execute)
+    event.listen(Session, "before_commit", _before_commit)
+    event.listen(Session, "after_commit", _after_commit)
+    event.listen(Session, "after_soft_rollback", _after_soft_rollback)
+    event.listen(Session, "after_transaction_end", _after_transaction_end)
+    _listening = True
+
+
+def _watching(session: Session) -> list[CaptureModels]:
+    """The captures that handle this session now."""
+    return [capture for capture in _registry if capture.wants(session)]
+
+
+def _roles(
+    captures: Sequence[CaptureModels], mapper: Mapper[Any]
+) -> Iterator[tuple[CaptureModels, _Role]]:
+    for capture in captures:
+        for base in mapper.iterate_to_root():
+            role = capture._roles.get(base)
+            if role is not None:
+                yield capture, role
+                break
+
+
+def _before_flush(session: Session, flush_context: UOWTransaction, instances: Any) -> None:
+    # A cart or line about to be deleted may have been expired by an earlier commit: read what
+    # identifies it now, while its row still exists.
+    if not _registry or not session.deleted:
+        return
+    captures = _watching(session)
+    for obj in session.deleted:
+        state: InstanceState[Any] = inspect(obj)
+        for capture, role in _roles(captures, state.mapper):
+            if role is _Role.CART and capture._cart is not None:
+                for attr in capture._cart.keys:
+                    getattr(obj, attr)
+                capture._note(session, role, state, "deleted")
+            elif role is _Role.CART_LINE and capture._cart is not None:
+                for attr in capture._cart.line_keys:
+                    getattr(obj, attr)
+
+
+def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
+    if not _registry:
+        return
+    captures = _watching(session)
+    if not captures:
+        return
+    changes = (("new", session.new), ("dirty", session.dirty), ("deleted", session.deleted))
+    for how, objects in changes:
+        for obj in objects:
+            state: InstanceState[Any] = inspect(obj)
+            roles = list(_roles(captures, state.mapper))
+            if not roles or (
+                how == "dirty" and not session.is_modified(obj, include_collections=False)
+            ):
+                continue
+            for capture, role in roles:
+                capture._note(session, role, state, how)
+
+
+def _do_orm_execute(state: ORMExecuteState) -> None:
+    if not _registry or not (state.is_delete or state.is_update or state.is_insert):
+        return
+    table = getattr(state.statement, "table", None)
+    if not isinstance(table, Table):
+        return
+    for capture in _watching(state.session):
+        for mapper, role in capture._roles.items():
+            if mapper.local_table == table:
+                capture._bulk(state, role)
+
+
+def _before_commit(session: Session) -> None:
+    if not _registry or session.get_nested_transaction() is not None:
+        return  # a savepoint: the outermost commit decides
+    if _watching(session):
+        session.flush()  # the commit would flush next; its changes are collected now
+    for capture, pending in list(_pendings(session).items()):
+        if pending.touched() and capture.active:
+            capture._commit(session, pending)
+
+
+def _after_commit(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return
+    for capture, pending in list(_pendings(session).items()):
+        if pending.deferred:
+            capture._after_commit(pending)
+
+
+def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
+    if previous.parent is None:  # the outermost transaction: nothing of it happened
+        session.info.pop(_INFO_KEY, None)
+    # A savepoint's rollback keeps what was seen: at commit every cart, order and customer is
+    # read again, and one that no longer exists is skipped.
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # committed (and handled) or closed without a commit
+        session.info.pop(_INFO_KEY, None)

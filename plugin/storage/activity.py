@@ -1,0 +1,122 @@
+"""The lifecycle the three activity tables share: carts, browses and registrations.
+
+Each is ``active`` until it comes due, then ``abandoned`` (its event queued for that version),
+``suppressed`` (nothing to send) or ``converted``; these statements are written once for the
+three, chosen by :class:`~.enums.Subject`. What is a table's own lives in its module
+(:mod:`.carts`, :mod:`.browses`, :mod:`.registrations`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, ColumnElement, Connection, Table, and_, delete, func, select, update
+
+from .engines import locked_batch
+from .enums import FINISHED_STATES, FlowState, SkipReason, Subject
+from .tables import browses, carts, registrations
+
+Row = Any
+"""A row of one of the three tables (``state``, ``version``, ``last_activity_at`` …)."""
+
+_TABLES: dict[Subject, tuple[Table, Column[str]]] = {
+    Subject.CART: (carts, carts.c.cart_id),
+    Subject.BROWSE: (browses, browses.c.browse_key),
+    Subject.REGISTRATION: (registrations, registrations.c.email),
+}
+SUBJECTS = tuple(_TABLES)
+"""The subjects that have an activity table."""
+
+
+def _table(subject: Subject) -> tuple[Table, Column[str]]:
+    return _TABLES[subject]
+
+
+def table_name(subject: Subject) -> str:
+    """The name of the subject's table (``shop_events_carts`` …)."""
+    return _table(subject)[0].name
+
+
+def key_of(subject: Subject, row: Row) -> str:
+    """The row's key (cart id, browse key, registration email)."""
+    _, key = _table(subject)
+    return str(row._mapping[key.name])
+
+
+def _due(table: Table, now: datetime, after: Any) -> ColumnElement[bool]:
+    return and_(
+        table.c.state == FlowState.ACTIVE.value,
+        table.c.last_activity_at <= now - after,
+    )
+
+
+def take_due(
+    conn: Connection, subject: Subject, now: datetime, after: Any, limit: int
+) -> list[Row]:
+    """Move up to ``limit`` rows idle for ``after`` from ``active`` to ``abandoned``; the rows.
+
+    One conditional ``UPDATE … RETURNING`` over a locked batch: two scanners racing never take
+    the same row, and a row touched meanwhile is not due any more.
+    """
+    table, key = _table(subject)
+    due = _due(table, now, after)
+    batch = locked_batch(select(key).where(due).order_by(table.c.last_activity_at).limit(limit))
+    return list(
+        conn.execute(
+            update(table)
+            .where(key == batch.c[key.name], due)
+            .values(state=FlowState.ABANDONED.value)
+            .returning(*table.c)
+        ).all()
+    )
+
+
+def set_outcome(
+    conn: Connection, subject: Subject, key_value: str, state: FlowState, reason: SkipReason
+) -> None:
+    """Record what became of a due row that emitted nothing, and why (``skip_reason``)."""
+    table, key = _table(subject)
+    conn.execute(
+        update(table).where(key == key_value).values(state=state.value, skip_reason=reason.value)
+    )
+
+
+def get(conn: Connection, subject: Subject, key_value: str) -> Row | None:
+    """The row of this subject, or None."""
+    table, key = _table(subject)
+    return conn.execute(select(table).where(key == key_value)).first()
+
+
+def waiting(conn: Connection, subject: Subject, limit: int) -> list[Row]:
+    """Up to ``limit`` rows still ``active`` (waiting to come due), the longest idle first."""
+    table, _ = _table(subject)
+    query = (
+        select(table)
+        .where(table.c.state == FlowState.ACTIVE.value)
+        .order_by(table.c.last_activity_at.asc())
+        .limit(limit)
+    )
+    return list(conn.execute(query).all())
+
+
+def count_in_state(conn: Connection, subject: Subject, state: FlowState) -> int:
+    """How many rows of this subject are in ``state``."""
+    table, _ = _table(subject)
+    query = select(func.count()).select_from(table).where(table.c.state == state.value)
+    return int(conn.execute(query).scalar_one())
+
+
+def delete_finished_before(conn: Connection, subject: Subject, cutoff: datetime, limit: int) -> int:
+    """Delete up to ``limit`` finished rows last active before ``cutoff``; how many."""
+    table, key = _table(subject)
+    batch = (
+        select(key)
+        .where(
+            table.c.last_activity_at < cutoff,
+            table.c.state.in_([s.value for s in FINISHED_STATES]),
+        )
+        .limit(limit)
+        .scalar_subquery()
+    )
+    return conn.execute(delete(table).where(key.in_(batch))).rowcount

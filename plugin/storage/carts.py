@@ -1,0 +1,185 @@
+"""The carts table: every statement that is the carts' own (the lifecycle the three activity
+tables share is in :mod:`.activity`).
+
+A cart is stored whole at each change, with a hash of its contents: a changed cart becomes a
+new version, so each version is reminded at most once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from datetime import datetime
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Executable,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .enums import OPEN_STATES, FlowState, SkipReason
+from .tables import UTCDateTime, carts
+
+EMPTY = json.dumps([])
+EMPTY_HASH = hashlib.sha256(f"{EMPTY}|".encode()).hexdigest()
+
+
+def content_hash(snapshot: str, currency: str | None) -> str:
+    """What tells two versions of a cart apart: its items and its currency."""
+    return hashlib.sha256(f"{snapshot}|{currency or ''}".encode()).hexdigest()
+
+
+def record(
+    conn: Connection,
+    *,
+    cart_id: str,
+    email: str | None,
+    visitor_id: str | None,
+    items: str,
+    currency: str | None,
+    restore_url: str | None,
+    now: datetime,
+) -> None:
+    """Store the whole cart (``items`` is its JSON snapshot) as of ``now``."""
+    conn.execute(
+        _upsert(conn.dialect.name),
+        {
+            "cart_id": cart_id,
+            "email": email,
+            "visitor_id": visitor_id,
+            "items": items,
+            "currency": currency,
+            "restore_url": restore_url,
+            "content_hash": content_hash(items, currency),
+            "now": now,
+        },
+    )
+
+
+def clear(conn: Connection, cart_id: str, now: datetime) -> None:
+    """The cart was emptied: a new, empty version that is never reminded."""
+    conn.execute(
+        update(carts)
+        .where(carts.c.cart_id == cart_id)
+        .values(
+            state=FlowState.CLEARED.value,
+            items=EMPTY,
+            content_hash=EMPTY_HASH,
+            version=carts.c.version + 1,
+            last_activity_at=now,
+        )
+    )
+
+
+def convert(conn: Connection, email: str, cart_id: str | None = None) -> None:
+    """An order: every open cart of the contact (and ``cart_id``) stops being a candidate."""
+    owner: ColumnElement[bool] = carts.c.email == email
+    if cart_id is not None:
+        owner = or_(owner, carts.c.cart_id == cart_id)
+    conn.execute(
+        update(carts)
+        .where(owner, carts.c.state.in_([s.value for s in OPEN_STATES]))
+        .values(state=FlowState.CONVERTED.value)
+    )
+
+
+def give_email(conn: Connection, visitor_id: str, email: str) -> None:
+    """The visitor's anonymous carts get the contact; one suppressed for lack of it re-arms."""
+    reachable = (carts.c.state == FlowState.SUPPRESSED.value) & (
+        carts.c.skip_reason == SkipReason.NO_CONTACT.value
+    )
+    conn.execute(
+        update(carts)
+        .where(carts.c.visitor_id == visitor_id, carts.c.email.is_(None))
+        .values(
+            email=email,
+            state=case((reachable, FlowState.ACTIVE.value), else_=carts.c.state),
+            skip_reason=case((reachable, None), else_=carts.c.skip_reason),
+        )
+    )
+
+
+def carted_since(
+    conn: Connection, email: str | None, visitor_id: str | None, since: datetime
+) -> bool:
+    """Whether the contact or the visitor touched a cart at or after ``since``."""
+    owner = [carts.c.email == email] if email else []
+    if visitor_id:
+        owner.append(carts.c.visitor_id == visitor_id)
+    if not owner:
+        return False
+    found = conn.execute(
+        select(exists().where(or_(*owner), carts.c.last_activity_at >= since))
+    ).scalar()
+    return bool(found)
+
+
+@functools.cache
+def _upsert(dialect: str) -> Executable:
+    """The cart upsert, built once per dialect: building it costs more than running it.
+
+    A changed cart becomes a new version and (again) ``active``; an unchanged one only records
+    the activity, so a shopper who looks at an abandoned cart does not re-arm it.
+    """
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(carts)
+    now = bindparam("now", type_=UTCDateTime)
+    # constants are written into the SQL, so each call binds only the cart's own values
+    active: ColumnElement[str] = literal_column(f"'{FlowState.ACTIVE.value}'")
+    stmt = insert.values(
+        {
+            **{name: bindparam(name) for name in _PARAMS},
+            "version": literal_column("1"),
+            "state": active,
+            "skip_reason": null(),
+            "last_activity_at": now,
+            "created_at": now,
+        }
+    )
+    new = stmt.excluded
+    changed = carts.c.content_hash != new.content_hash
+    no_contact: ColumnElement[str] = literal_column(f"'{SkipReason.NO_CONTACT.value}'")
+    newly_reachable = (carts.c.skip_reason == no_contact) & new.email.is_not(None)
+    rearm = or_(changed, carts.c.state == active, newly_reachable)
+    upserted: Executable = stmt.on_conflict_do_update(
+        index_elements=[carts.c.cart_id],
+        set_={
+            "email": func.coalesce(new.email, carts.c.email),
+            "visitor_id": func.coalesce(new.visitor_id, carts.c.visitor_id),
+            "items": new["items"],
+            "currency": new.currency,
+            "restore_url": func.coalesce(new.restore_url, carts.c.restore_url),
+            "content_hash": new.content_hash,
+            "version": case(
+                (changed, carts.c.version + literal_column("1")),
+                else_=carts.c.version,
+            ),
+            "state": case((rearm, active), else_=carts.c.state),
+            "skip_reason": case((rearm, null()), else_=carts.c.skip_reason),
+            "last_activity_at": new.last_activity_at,
+        },
+    )
+    return upserted
+
+
+_PARAMS = ("cart_id", "email", "visitor_id", "items", "currency", "restore_url", "content_hash")
+
+__all__ = [
+    "EMPTY",
+    "carted_since",
+    "clear",
+    "content_hash",
+    "convert",
+    "give_email",
+    "record",
+]

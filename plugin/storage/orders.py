@@ -1,0 +1,69 @@
+"""The orders table: orders seen, so a later status change knows its contact and products."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, select, update
+
+from .engines import upsert
+from .tables import orders
+
+TABLE = orders.name
+
+
+def store(
+    conn: Connection, order_id: str, email: str, status: str, payload: str, now: datetime
+) -> None:
+    """Remember a placed order (placing it again replaces what was stored)."""
+    stmt = upsert(conn, orders).values(
+        order_id=order_id,
+        email=email,
+        status=status,
+        payload=payload,
+        created_at=now,
+        updated_at=now,
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[orders.c.order_id],
+            set_={
+                "email": email,
+                "status": status,
+                "payload": stmt.excluded.payload,
+                "updated_at": now,
+            },
+        )
+    )
+
+
+def get(conn: Connection, order_id: str) -> Any:
+    """The stored order (``email``, ``status``, ``payload``), or None."""
+    return conn.execute(select(orders).where(orders.c.order_id == order_id)).first()
+
+
+def set_status(conn: Connection, order_id: str, status: str, now: datetime) -> None:
+    """The order moved on to ``status``."""
+    conn.execute(
+        update(orders).where(orders.c.order_id == order_id).values(status=status, updated_at=now)
+    )
+
+
+def statuses(conn: Connection, order_ids: Iterable[str]) -> dict[str, str]:
+    """The stored status of each of these orders that is known."""
+    ids = list(order_ids)
+    if not ids:
+        return {}
+    known = select(orders.c.order_id, orders.c.status).where(orders.c.order_id.in_(ids))
+    rows = conn.execute(known)
+    return {row.order_id: row.status for row in rows}
+
+
+def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """Delete up to ``limit`` orders last changed before ``cutoff``; how many."""
+    batch = select(orders.c.order_id).where(orders.c.updated_at < cutoff).limit(limit)
+    return conn.execute(
+        delete(orders).where(orders.c.order_id.in_(batch.scalar_subquery()))
+    ).rowcount

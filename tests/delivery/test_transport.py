@@ -1,0 +1,296 @@
+"""Transport against the real local receiver: auth, classification, Retry-After, rate, fork."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from shop_events.config import ApiSettings, Settings
+from shop_events.delivery.policy import Outcome, classify
+from shop_events.delivery.transport import RateLimiter, Transport, parse_retry_after
+from shop_events.testing import Receiver, Reply
+
+NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+BODY = json.dumps(
+    {
+        "eventTypeKey": "shop_events_test",
+        "keyValue": "ann@example.com",
+        "params": [{"name": "email", "value": "ann@example.com"}],
+    }
+).encode()
+
+
+def api_for(receiver: Receiver, **values: object) -> ApiSettings:
+    data = {"base_url": receiver.base_url, "key": receiver.api_key or "", **values}
+    return Settings.load({"api": data}).api
+
+
+@pytest.fixture
+def transport(receiver: Receiver) -> Iterator[Transport]:
+    made = Transport(api_for(receiver), clock=lambda: NOW)
+    yield made
+    made.close()
+
+
+def test_basic_auth_carries_the_key_as_password(receiver: Receiver, transport: Transport) -> None:
+    result = transport.send("v1/event", BODY)
+    assert classify(result.status) is Outcome.SENT
+    assert result.status == 200
+    [request] = receiver.requests
+    scheme, _, encoded = request.headers["Authorization"].partition(" ")
+    assert scheme == "Basic"
+    user, _, password = base64.b64decode(encoded).decode().partition(":")
+    assert user == "shop-events"
+    assert password == receiver.api_key
+    assert request.headers["Content-Type"] == "application/json; charset=UTF-8"
+    assert request.headers["User-Agent"].startswith("shop-events/")
+    assert request.path == "/api/v1/event"
+    assert request.raw == BODY
+    assert receiver.events == [json.loads(BODY)]
+
+
+def test_v2_path(receiver: Receiver) -> None:
+    api = api_for(receiver, version="v2")
+    transport = Transport(api)
+    try:
+        assert transport.send(api.event_path, BODY).status == 200
+    finally:
+        transport.close()
+    assert receiver.requests[0].path == "/api/v2/event"
+
+
+def test_wrong_key_is_auth(receiver: Receiver) -> None:
+    transport = Transport(api_for(receiver, key="not-the-key"))
+    try:
+        result = transport.send("v1/event", BODY)
+    finally:
+        transport.close()
+    assert classify(result.status) is Outcome.AUTH
+    assert result.status == 401
+    assert "not-the-key" not in result.text
+
+
+def test_no_key_for_a_remote_api_is_not_ready() -> None:
+    assert not Transport(ApiSettings()).ready
+    assert Transport(Settings.load({"api": {"key": "k"}}).api).ready
+    local = Settings.load({"api": {"base_url": "http://127.0.0.1:9/api"}}).api
+    assert Transport(local).ready
+    secret = "sk-Q81zz-secret"
+    assert secret not in repr(Transport(Settings.load({"api": {"key": secret}}).api))
+
+
+STATUSES = [
+    (200, Outcome.SENT),
+    (201, Outcome.SENT),
+    (400, Outcome.DEAD),
+    (401, Outcome.AUTH),
+    (403, Outcome.AUTH),
+    (404, Outcome.DEAD),
+    (408, Outcome.RETRY),
+    (429, Outcome.RETRY),
+    (500, Outcome.RETRY),
+    (503, Outcome.RETRY),
+]
+
+
+@pytest.mark.parametrize(("status", "outcome"), STATUSES)
+def test_scripted_replies_are_classified(
+    receiver: Receiver, transport: Transport, status: int, outcome: Outcome
+) -> None:
+    receiver.script(Reply(status, f"reason {status}"))
+    result = transport.send("v1/event", BODY)
+    assert classify(result.status) is outcome
+    assert result.status == status
+    assert result.text == f"reason {status}"
+
+
+def test_dead_keeps_the_platforms_reason(receiver: Receiver, transport: Transport) -> None:
+    body = json.dumps({"eventTypeKey": "bad?key", "keyValue": "a@b.c", "params": []}).encode()
+    result = transport.send("v1/event", body)
+    assert classify(result.status) is Outcome.DEAD
+    assert result.status == 400
+    assert "forbidden characters" in result.text
+
+
+def test_unknown_path_is_dead(transport: Transport) -> None:
+    result = transport.send("v9/nothing", BODY)
+    assert classify(result.status) is Outcome.DEAD
+    assert result.status == 404
+
+
+def test_retry_after_seconds(receiver: Receiver, transport: Transport) -> None:
+    receiver.script(Reply(429, "slow down", headers={"Retry-After": "120"}))
+    result = transport.send("v1/event", BODY)
+    assert classify(result.status) is Outcome.RETRY
+    assert result.retry_after == timedelta(seconds=120)
+
+
+def test_retry_after_http_date(receiver: Receiver, transport: Transport) -> None:
+    when = format_datetime(NOW + timedelta(seconds=90), usegmt=True)
+    receiver.script(Reply(503, "maintenance", headers={"Retry-After": when}))
+    result = transport.send("v1/event", BODY)
+    assert classify(result.status) is Outcome.RETRY
+    assert result.retry_after == timedelta(seconds=90)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("0", timedelta(0)),
+        (" 30 ", timedelta(seconds=30)),
+        ("soon", None),
+        (format_datetime(NOW + timedelta(minutes=5), usegmt=True), timedelta(minutes=5)),
+        (format_datetime(NOW - timedelta(minutes=5), usegmt=True), timedelta(0)),  # past: now
+        ("Thu, 26 Nov 2026 12:01:00", timedelta(minutes=1)),  # no zone: taken as UTC
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: timedelta | None) -> None:
+    assert parse_retry_after(header, NOW) == expected
+
+
+def free_port() -> int:
+    """A port nothing listens on: bound, read and closed again."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_connection_refused_is_retry() -> None:
+    api = Settings.load(
+        {"api": {"base_url": f"http://127.0.0.1:{free_port()}/api", "connect_timeout": "2s"}}
+    ).api
+    transport = Transport(api)
+    try:
+        result = transport.send("v1/event", BODY)
+    finally:
+        transport.close()
+    assert classify(result.status) is Outcome.RETRY
+    assert result.status is None
+    assert "ConnectionError" in result.text
+
+
+def test_read_timeout_is_retry(receiver: Receiver) -> None:
+    receiver.script(Reply(200, "", delay=5.0))
+    transport = Transport(api_for(receiver, timeout="200ms"))
+    try:
+        result = transport.send("v1/event", BODY)
+    finally:
+        transport.close()
+    assert classify(result.status) is Outcome.RETRY
+    assert result.status is None
+    assert "Timeout" in result.text
+
+
+def test_redirects_are_not_followed(receiver: Receiver, transport: Transport) -> None:
+    receiver.script(Reply(302, "", headers={"Location": "http://127.0.0.1:9/elsewhere"}))
+    result = transport.send("v1/event", BODY)
+    assert result.status == 302
+    assert classify(result.status) is Outcome.DEAD
+    assert len(receiver.requests) == 1
+
+
+# ------------------------------------------------------------------------------ rate limit
+
+
+def monotonic() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def test_rate_limiter_spaces_calls() -> None:
+    limiter = RateLimiter(200.0)  # one slot every 5 ms
+    start = monotonic()
+    for _ in range(20):
+        limiter.acquire()
+    elapsed = monotonic() - start
+    assert elapsed >= 19 * 0.005 * 0.95  # the first call is free, the other 19 wait their turn
+    assert elapsed < 5.0
+
+
+def test_rate_limiter_shared_by_threads() -> None:
+    limiter = RateLimiter(200.0)
+    start = monotonic()
+    threads = [
+        threading.Thread(target=lambda: [limiter.acquire() for _ in range(5)]) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    elapsed = monotonic() - start
+    assert not any(t.is_alive() for t in threads)
+    assert elapsed >= 19 * 0.005 * 0.95
+
+
+def test_rate_limiter_returns_early_on_stop() -> None:
+    limiter = RateLimiter(0.1)  # one slot every 10 s
+    stop = threading.Event()
+    limiter.acquire(stop)
+    stop.set()
+    start = monotonic()
+    limiter.acquire(stop)
+    assert monotonic() - start < 1.0
+
+
+def test_send_is_rate_limited(receiver: Receiver) -> None:
+    transport = Transport(api_for(receiver, rate_limit=100))  # 10 ms apart
+    try:
+        start = monotonic()
+        for _ in range(6):
+            assert transport.send("v1/event", BODY).status == 200
+        elapsed = monotonic() - start
+    finally:
+        transport.close()
+    assert elapsed >= 5 * 0.01 * 0.95
+
+
+# ------------------------------------------------------------------------------------ fork
+
+
+def test_session_is_rebuilt_after_fork(transport: Transport) -> None:
+    parent_session = transport.session()
+    assert transport.session() is parent_session  # one per process
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running pytest's teardown
+        code = 1
+        try:
+            os.close(read_end)
+            session = transport.session()
+            report = {
+                "pid": os.getpid(),
+                "new_object": session is not parent_session,
+                "stable": transport.session() is session,
+                "auth_kept": session.auth == parent_session.auth,
+            }
+            os.write(write_end, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 10.0)
+        assert ready, "the child did not report within 10 s"
+        data = os.read(read_end, 4096)
+    finally:
+        os.close(read_end)
+        if not ready:
+            os.kill(pid, 9)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    report = json.loads(data)
+    assert report["pid"] != os.getpid()
+    assert report["new_object"] is True
+    assert report["stable"] is True
+    assert report["auth_kept"] is True
+    assert transport.session() is parent_session  # the parent's is untouched
