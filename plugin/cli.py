@@ -18,13 +18,11 @@ from typing import Any
 
 import click
 from flask.cli import AppGroup, with_appcontext
-from sqlalchemy import select
 
 from .config import CONFIG_PATH_ENV, Settings, format_duration, parse_duration
 from .errors import ConfigError
 from .storage import outbox, pause
 from .storage.enums import OutboxStatus
-from .storage.tables import outbox as outbox_table
 from .tracker import Tracker
 
 TrackerFactory = Callable[[], Tracker]
@@ -182,11 +180,8 @@ def send_test(email: str, event_type: str) -> None:
     )
     tracker.dispatch()
     with tracker.engine.connect() as conn:
-        row = conn.execute(
-            select(
-                outbox_table.c.status, outbox_table.c.response_status, outbox_table.c.last_error
-            ).where(outbox_table.c.dedupe_key == key)
-        ).one()
+        row = outbox.find(conn, key)
+    assert row is not None, "custom_event queued it"
     if row.status == OutboxStatus.SENT.value:
         click.echo(f"sent: HTTP {row.response_status}; look for '{event_type}' in Event history")
         return
@@ -239,7 +234,7 @@ def purge(older_than: str | None, dead: bool) -> None:
     if age is None:
         age = timedelta(days=tracker.settings.retention.days)
     counts = tracker.purge(older_than=age, dead_letters=dead)
-    events = counts.pop(outbox_table.name, 0)
+    events = counts.pop(outbox.TABLE, 0)
     kinds = "sent, superseded, dead" if dead else "sent, superseded"
     others = ", ".join(f"{table} {count}" for table, count in counts.items() if count)
     click.echo(
@@ -306,18 +301,16 @@ def preview(
     if (event_id is None) == (event_file is None):
         raise click.UsageError("give --event ID or --event-file FILE (one of them)")
     try:
-        if event_file is not None:
-            with open(event_file, "rb") as file:
+        if event_id is None:
+            with open(str(event_file), "rb") as file:
                 body = load_body(file.read())
         else:
             tracker = _tracker()
             with tracker.engine.connect() as conn:
-                text = conn.execute(
-                    select(outbox_table.c.body).where(outbox_table.c.id == event_id)
-                ).scalar()
-            if text is None:
+                row = outbox.get(conn, event_id)
+            if row is None:
                 raise click.ClickException(f"no event {event_id} in the outbox")
-            body = load_body(text)
+            body = load_body(row.body)
     except PreviewError as exc:
         raise click.ClickException(str(exc)) from None
     with open(template_path, encoding="utf-8") as file:

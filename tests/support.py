@@ -39,6 +39,48 @@ SettingsFactory = Callable[..., Settings]
 """``make_settings(**sections)``: test settings with some sections overridden."""
 
 
+class VirtualTime:
+    """A monotonic clock that moves only when a caller waits on it, for the rate limiters.
+
+    Patched in as a module's monotonic clock and passed where the code waits on a stop event:
+    ``wait(seconds)`` records the wait, moves the clock by it (unless ``frozen``) and reports
+    "not stopped", or "stopped" without moving once :attr:`stopped` is set. ``on_wait`` runs
+    inside the next wait, as something happening while the caller waits.
+    """
+
+    def __init__(self, start: float = 1000.0, *, frozen: bool = False) -> None:
+        self.now = start
+        self.frozen = frozen
+        self.stopped = False
+        self.waits: list[float] = []
+        self.on_wait: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass."""
+        with self._lock:
+            self.now += seconds
+
+    def wait(self, seconds: float | None = None) -> bool:
+        """What ``threading.Event.wait`` does, in virtual time."""
+        with self._lock:
+            self.waits.append(0.0 if seconds is None else seconds)
+            hook, self.on_wait = self.on_wait, None
+        if hook is not None:
+            hook()
+        if self.stopped:
+            return True
+        if not self.frozen and seconds:
+            self.advance(seconds)
+        return False
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+
 # ------------------------------------------------------------------------------ fault tests
 
 POLL = 0.05

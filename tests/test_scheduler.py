@@ -57,10 +57,19 @@ def scheduler(jobs: Jobs) -> Iterator[Scheduler]:
     made.shutdown()
 
 
-def test_starts_lazily(scheduler: Scheduler) -> None:
+def test_starts_lazily(scheduler: Scheduler, jobs: Jobs) -> None:
+    """No thread and no job until ``start()``; ``ensure_running()``, which every capture calls,
+    does not start a scheduler that was never started."""
+    before = len(apscheduler_threads())
+    scheduler.ensure_running()
     assert not scheduler.running
-    scheduler.ensure_running()  # never started: nothing to restart
-    assert not scheduler.running
+    assert len(apscheduler_threads()) == before
+    assert (jobs.scans, jobs.dispatches) == (0, 0)
+    scheduler.start()
+    assert scheduler.running
+    assert len(apscheduler_threads()) == before + 1
+    assert jobs.scanned.wait(WAIT)
+    assert jobs.dispatched.wait(WAIT)
 
 
 def test_start_twice_starts_once(scheduler: Scheduler, jobs: Jobs) -> None:

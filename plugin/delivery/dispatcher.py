@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import assert_never
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from ..abandonment.flows import unwanted
 from ..clock import Clock, utcnow
@@ -313,7 +313,6 @@ class Dispatcher:
                     log.warning("event %d (%s) dead: %s", row.id, row.event_type_key, error)
                 return Settled.DEAD if done else Settled.LOST_LEASE
             case policy.Pause(until=until, error=error, status=status):
-                _one_pause_decision_at_a_time(conn)
                 if pause.pause(conn, decision.reason, now, until):
                     log.error(
                         "delivery paused until %s: the platform answered %s (check api.key); "
@@ -335,20 +334,6 @@ class Dispatcher:
                 return Settled.RELEASED if outbox.release(conn, row, now) else Settled.LOST_LEASE
             case _:
                 assert_never(decision)
-
-
-PAUSE_LOCK_ID = 0x5E0E0401
-"""The PostgreSQL advisory lock that orders concurrent decisions to pause delivery."""
-
-
-def _one_pause_decision_at_a_time(conn: Connection) -> None:
-    """Serialise concurrent 401s across threads and processes, so only the first logs a pause.
-
-    Without it, two transactions on PostgreSQL both see no pause before either commits and both
-    log one. SQLite's ``BEGIN IMMEDIATE`` already serialises them. Released at commit.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PAUSE_LOCK_ID})
 
 
 def _request_body(rows: list[outbox.Claimed]) -> bytes:

@@ -48,8 +48,9 @@ from ..integrations.flask.extension import ShopEvents, capture_models, tracker_f
 from ..integrations.models import CaptureModels, CartMapping, CustomerMapping, OrderMapping
 from ..payload.items import Item
 from ..payload.validation import check_email
-from ..storage.outbox import summarize
-from ..storage.tables import UTCDateTime, carts, outbox
+from ..storage import activity, outbox
+from ..storage.enums import Subject
+from ..storage.tables import UTCDateTime
 from ..tracker import Tracker
 from . import catalog
 
@@ -496,30 +497,13 @@ def _register_routes(app: Flask) -> None:
         # read on the request's own connection: SQLite has one writer, and this request's
         # transaction may already hold the lock
         conn = _db().connection()
-        cart_rows = conn.execute(
-            select(carts).order_by(carts.c.last_activity_at.desc()).limit(STATUS_ROWS)
-        ).all()
-        outbox_rows = conn.execute(
-            select(
-                outbox.c.id,
-                outbox.c.event_type_key,
-                outbox.c.key_value,
-                outbox.c.subject_id,
-                outbox.c.subject_version,
-                outbox.c.status,
-                outbox.c.attempts,
-                outbox.c.last_error,
-                outbox.c.created_at,
-                outbox.c.sent_at,
-            )
-            .order_by(outbox.c.id.desc())
-            .limit(STATUS_ROWS)
-        ).all()
+        cart_rows = activity.recent(conn, Subject.CART, STATUS_ROWS)
+        outbox_rows = outbox.history(conn, size=STATUS_ROWS).rows
         return render_template(
             "shop_status.html",
             carts=cart_rows,
             events=outbox_rows,
-            stats=summarize(conn).by_status,
+            stats=outbox.summarize(conn).by_status,
             my_cart=session.get("cart_id"),
             now=tracker.clock(),
         )

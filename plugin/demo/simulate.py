@@ -23,14 +23,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Table, func, select
-
 from ..config import Settings
 from ..payload.items import Item
 from ..payload.orders_api import ORDERS_API_PATH, ORDERS_API_TYPE
 from ..payload.validation import encode_body
-from ..storage.enums import FlowState, OutboxStatus
-from ..storage.tables import browses, carts, outbox, registrations
+from ..storage import activity, outbox
+from ..storage.enums import FlowState, OutboxStatus, Subject
 from ..testing import Received, Receiver, Reply
 from ..tracker import Tracker
 from . import catalog
@@ -53,10 +51,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
 """The simulation's shop: short timeouts, orders also sent to the Orders API."""
 
 """The outbox's event type of Orders API rows."""
-ACTIVITY: tuple[tuple[str, Table], ...] = (
-    ("carts", carts),
-    ("browses", browses),
-    ("registrations", registrations),
+ACTIVITY: tuple[tuple[str, Subject], ...] = (
+    ("carts", Subject.CART),
+    ("browses", Subject.BROWSE),
+    ("registrations", Subject.REGISTRATION),
 )
 MEASURES = ("queued", "delivered", "superseded", "dead", "pending", "lost")
 """What is counted per event type (``<type>.<measure>`` in the returned counts)."""
@@ -580,35 +578,18 @@ def _ready(
         if tick - r.since >= REMINDER_PATIENCE:
             return True
         with tracker.engine.connect() as conn:
-            queued = conn.execute(
-                select(func.count())
-                .select_from(outbox)
-                .where(
-                    outbox.c.subject_type == "cart",
-                    outbox.c.subject_id == s.cart_id,
-                    outbox.c.status == OutboxStatus.PENDING.value,
-                )
-            ).scalar_one()
-        return queued > 0
+            return outbox.count_pending(conn, Subject.CART, s.cart_id) > 0
     return True
 
 
 def _settled(tracker: Tracker) -> bool:
     """Nothing left to send, and no cart, browse or registration still waiting to come due."""
     with tracker.engine.connect() as conn:
-        unsent = conn.execute(
-            select(func.count())
-            .select_from(outbox)
-            .where(outbox.c.status.in_([OutboxStatus.PENDING.value, OutboxStatus.IN_FLIGHT.value]))
-        ).scalar_one()
+        by_status = outbox.summarize(conn).by_status
         active = sum(
-            conn.execute(
-                select(func.count())
-                .select_from(table)
-                .where(table.c.state == FlowState.ACTIVE.value)
-            ).scalar_one()
-            for _, table in ACTIVITY
+            activity.count_in_state(conn, subject, FlowState.ACTIVE) for _, subject in ACTIVITY
         )
+    unsent = by_status[OutboxStatus.PENDING.value] + by_status[OutboxStatus.IN_FLIGHT.value]
     return unsent == 0 and active == 0
 
 
@@ -662,24 +643,17 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
     order_key = settings.orders.event_type_key
     counts: dict[str, int] = {}
     with tracker.engine.connect() as conn:
-        for name, table in ACTIVITY:
-            grouped = conn.execute(select(table.c.state, func.count()).group_by(table.c.state))
-            states: dict[str, int] = {str(state): int(k) for state, k in grouped}
+        for name, subject in ACTIVITY:
+            states = activity.count_by_state(conn, subject)
             counts[name] = sum(states.values())
             for state in FlowState:
                 counts[f"{name}.{state.value}"] = states.get(state.value, 0)
             unknown = set(states) - {s.value for s in FlowState}
             counts[f"{name}.unknown"] = sum(states[s] for s in unknown)
-        rows = conn.execute(
-            select(
-                outbox.c.status,
-                outbox.c.body,
-                outbox.c.event_type_key,
-                outbox.c.subject_type,
-                outbox.c.subject_id,
-            )
-        ).all()
-    reminders = [r for r in rows if r.subject_type == "cart" and r.event_type_key == reminder_key]
+        rows = outbox.every_row(conn)
+    reminders = [
+        r for r in rows if r.subject_type == Subject.CART and r.event_type_key == reminder_key
+    ]
     by_status = collections.Counter(str(r.status) for r in rows)
     known = {s.value for s in OutboxStatus}
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import phonenumbers
 
-from ..config import ContactsSettings
 from ..errors import ValidationError
 from .validation import check_text
+
+if TYPE_CHECKING:  # settings are passed in; payload never loads them
+    from ..config import ContactsSettings
 
 TEXT_FIELD_MAX = 2000
 

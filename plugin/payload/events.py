@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..config import Settings
 from ..errors import ValidationError
 from .items import CanonicalItem, items_param
 from .validation import (
@@ -20,6 +19,9 @@ from .validation import (
     check_param_names,
     encode_body,
 )
+
+if TYPE_CHECKING:  # settings are passed in; payload never loads them
+    from ..config import Settings
 
 Body = dict[str, Any]
 Param = tuple[str, Any]

@@ -11,11 +11,13 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import ItemsSettings
 from ..errors import ValidationError
 from .validation import check_host_id, check_text, check_url
+
+if TYPE_CHECKING:  # settings are passed in; payload never loads them
+    from ..config import ItemsSettings
 
 CanonicalItem = dict[str, Any]
 """A checked product: ``name``, ``price`` and optional fields as strings, ``tags`` a dict."""

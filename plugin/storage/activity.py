@@ -107,6 +107,20 @@ def count_in_state(conn: Connection, subject: Subject, state: FlowState) -> int:
     return int(conn.execute(query).scalar_one())
 
 
+def count_by_state(conn: Connection, subject: Subject) -> dict[str, int]:
+    """How many rows of this subject are in each state (states with none are left out)."""
+    table, _ = _table(subject)
+    grouped = conn.execute(select(table.c.state, func.count()).group_by(table.c.state))
+    return {str(state): int(count) for state, count in grouped}
+
+
+def recent(conn: Connection, subject: Subject, limit: int) -> list[Row]:
+    """Up to ``limit`` rows in any state, the most recently active first."""
+    table, _ = _table(subject)
+    query = select(table).order_by(table.c.last_activity_at.desc()).limit(limit)
+    return list(conn.execute(query).all())
+
+
 def delete_finished_before(conn: Connection, subject: Subject, cutoff: datetime, limit: int) -> int:
     """Delete up to ``limit`` finished rows last active before ``cutoff``; how many."""
     table, key = _table(subject)

@@ -330,6 +330,30 @@ def get(conn: Connection, event_id: int) -> Any | None:
     return conn.execute(select(outbox).where(outbox.c.id == event_id)).first()
 
 
+def find(conn: Connection, dedupe_key: str) -> Any | None:
+    """The row queued under ``dedupe_key``, or None."""
+    return conn.execute(select(outbox).where(outbox.c.dedupe_key == dedupe_key)).first()
+
+
+def count_pending(conn: Connection, subject_type: str, subject_id: str) -> int:
+    """How many events about this subject wait to be sent."""
+    query = (
+        select(func.count())
+        .select_from(outbox)
+        .where(
+            outbox.c.subject_type == subject_type,
+            outbox.c.subject_id == subject_id,
+            outbox.c.status == OutboxStatus.PENDING.value,
+        )
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def every_row(conn: Connection) -> list[Any]:
+    """Every row, oldest first: for audits of small databases (the demo's accounting)."""
+    return list(conn.execute(select(outbox).order_by(outbox.c.id)).all())
+
+
 def event_types(conn: Connection) -> list[str]:
     """Every event type in the outbox, sorted."""
     query = select(outbox.c.event_type_key).distinct().order_by(outbox.c.event_type_key)

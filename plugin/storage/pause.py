@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, select, text
 
 from .engines import upsert
 from .tables import runtime_state
@@ -42,8 +42,20 @@ def current(conn: Connection) -> Pause | None:
     return Pause(reason=row.value or "", until=row.until, since=row.updated_at)
 
 
+PAUSE_LOCK_ID = 0x5E0E0401
+"""The PostgreSQL advisory lock that orders concurrent decisions to pause delivery."""
+
+
 def pause(conn: Connection, reason: str, now: datetime, until: datetime) -> bool:
-    """Pause delivery; True if it was not already paused (so the caller logs once per pause)."""
+    """Pause delivery; True if it was not already paused (so the caller logs once per pause).
+
+    Concurrent 401s in several threads and processes are decided one at a time, so only the
+    first sees no pause: on PostgreSQL two transactions would otherwise both see none before
+    either commits (an advisory lock, released at commit); SQLite's ``BEGIN IMMEDIATE``
+    already serialises them.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PAUSE_LOCK_ID})
     before = current(conn)
     stmt = upsert(conn, runtime_state).values(name=PAUSE, value=reason, until=until, updated_at=now)
     conn.execute(

@@ -105,13 +105,7 @@ def create_shop(database_url: str) -> Flask:
 
     # shop-events: begin
     # fmt: off
-    from shop_events.integrations.flask.extension import ShopEvents, capture_models
-    from shop_events.integrations.models.mappings import (
-        CartMapping,
-        CustomerMapping,
-        Item,
-        OrderMapping,
-    )
+    from shop_events import CartMapping, CustomerMapping, Item, OrderMapping, ShopEvents, capture_models
     app.config["SHOP_EVENTS_DATABASE_URL"] = app.config["SQLALCHEMY_DATABASE_URI"]
     ShopEvents(app)
     def item(line: Any) -> Item:
