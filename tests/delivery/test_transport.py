@@ -7,8 +7,8 @@ import json
 import os
 import select
 import socket
+import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -18,6 +18,8 @@ from shop_events.config import ApiSettings, Settings
 from shop_events.delivery.policy import Outcome, classify
 from shop_events.delivery.transport import RateLimiter, Transport, parse_retry_after
 from shop_events.testing import Receiver, Reply
+
+from tests.support import VirtualTime
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 BODY = json.dumps(
@@ -203,55 +205,75 @@ def test_redirects_are_not_followed(receiver: Receiver, transport: Transport) ->
 # ------------------------------------------------------------------------------ rate limit
 
 
-def monotonic() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
+    """The limiter's monotonic clock, moved only by the waits it asks for."""
+    made = VirtualTime()
+    monkeypatch.setattr(sys.modules[RateLimiter.__module__], "_monotonic", made)
+    return made
 
 
-def test_rate_limiter_spaces_calls() -> None:
+def test_rate_limiter_spaces_calls(clock: VirtualTime) -> None:
     limiter = RateLimiter(200.0)  # one slot every 5 ms
-    start = monotonic()
+    start = clock()
     for _ in range(20):
-        limiter.acquire()
-    elapsed = monotonic() - start
-    assert elapsed >= 19 * 0.005 * 0.95  # the first call is free, the other 19 wait their turn
-    assert elapsed < 5.0
+        limiter.acquire(clock)
+    # the first call is free, the other 19 wait their turn
+    assert clock.waits == pytest.approx([0.005] * 19)
+    assert clock() - start == pytest.approx(19 * 0.005)
 
 
-def test_rate_limiter_shared_by_threads() -> None:
+def test_rate_limiter_shared_by_threads(clock: VirtualTime) -> None:
+    clock.frozen = True  # every caller asks at the same instant: each must get its own slot
     limiter = RateLimiter(200.0)
-    start = monotonic()
     threads = [
-        threading.Thread(target=lambda: [limiter.acquire() for _ in range(5)]) for _ in range(4)
+        threading.Thread(target=lambda: [limiter.acquire(clock) for _ in range(5)])
+        for _ in range(4)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=10)
-    elapsed = monotonic() - start
     assert not any(t.is_alive() for t in threads)
-    assert elapsed >= 19 * 0.005 * 0.95
+    assert sorted(clock.waits) == pytest.approx([0.005 * k for k in range(1, 20)])
 
 
-def test_rate_limiter_returns_early_on_stop() -> None:
+def test_rate_limiter_returns_early_on_stop(clock: VirtualTime) -> None:
     limiter = RateLimiter(0.1)  # one slot every 10 s
-    stop = threading.Event()
-    limiter.acquire(stop)
-    stop.set()
-    start = monotonic()
-    limiter.acquire(stop)
-    assert monotonic() - start < 1.0
+    limiter.acquire(clock)
+    clock.stopped = True
+    start = clock()
+    limiter.acquire(clock)
+    assert clock.waits == [pytest.approx(10.0)]  # it waited on the stop event, which was set
+    assert clock() == start
 
 
-def test_send_is_rate_limited(receiver: Receiver) -> None:
+def test_rate_limiter_block_holds_every_caller_including_those_already_waiting(
+    clock: VirtualTime,
+) -> None:
+    limiter = RateLimiter(2.0)  # a slot every 0.5 s
+    start = clock()
+    passed: list[float] = []
+    limiter.acquire(clock)  # the first slot is free
+    passed.append(clock() - start)
+    # the next caller waits for its slot at 0.5 s; meanwhile a 429 says: nothing for a second
+    clock.on_wait = lambda: limiter.block(1.0)
+    limiter.acquire(clock)
+    passed.append(clock() - start)
+    limiter.acquire(clock)  # the next one keeps its spacing behind it
+    passed.append(clock() - start)
+    assert passed == pytest.approx([0.0, 1.0, 1.5])
+
+
+def test_send_is_rate_limited(receiver: Receiver, clock: VirtualTime) -> None:
     transport = Transport(api_for(receiver, rate_limit=100))  # 10 ms apart
     try:
-        start = monotonic()
         for _ in range(6):
-            assert transport.send("v1/event", BODY).status == 200
-        elapsed = monotonic() - start
+            assert transport.send("v1/event", BODY, stop=clock).status == 200
     finally:
         transport.close()
-    assert elapsed >= 5 * 0.01 * 0.95
+    assert clock.waits == pytest.approx([0.01] * 5)
+    assert len(receiver.requests) == 6
 
 
 # ------------------------------------------------------------------------------------ fork

@@ -7,7 +7,8 @@ passes against the real receiver:
   after each one no request at all reaches the receiver before the second it named;
 - with ``api.rate_limit`` below the receiver's limit, the 429 count stays near zero.
 
-The receiver's token bucket and the limiter's process-wide block are tested here too.
+The receiver's token bucket and the limiter's process-wide block are tested in virtual time in
+``tests/testing/test_receiver.py`` and ``tests/delivery/test_transport.py``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from shop_events import Settings, Tracker
-from shop_events.delivery.transport import RateLimiter
 from shop_events.storage.enums import OutboxStatus
 from shop_events.testing import Receiver
 
@@ -32,7 +31,6 @@ from tests.support import (
     POLL,
     add_events,
     figures,
-    identity,
     outbox_rows,
     status_counts,
 )
@@ -141,48 +139,6 @@ def test_client_limiter_below_the_receivers_limit_keeps_429s_near_zero(
     result.show("rate limit, api.rate_limit 40/s, receiver 50/s")
 
     assert drained, f"statuses {status_counts(shop.engine)}"
-    assert len(refused) <= 1
+    assert len(refused) <= 1  # the limiter, not the receiver, set the pace
     assert result.lost == 0
     assert result.delivered_twice == 0
-    assert events / seconds <= 40.0 * 1.1  # the limiter, not the receiver, set the pace
-
-
-# ------------------------------------------------------------------------ the two halves
-
-
-def test_receiver_rate_limit_is_a_token_bucket_answering_429_retry_after_1() -> None:
-    with Receiver(api_key=API_KEY) as receiver, requests.Session() as session:
-        receiver.rate_limit = 5.0
-        session.auth = ("user", API_KEY)
-        body = {"eventTypeKey": "t", "keyValue": "a@example.com", "params": []}
-        url = f"{receiver.base_url}/v1/event"
-        burst = [session.post(url, json=body, timeout=5) for _ in range(8)]
-        assert [r.status_code for r in burst] == [200] * 5 + [429] * 3
-        assert all(r.headers["Retry-After"] == "1" for r in burst[5:])
-        assert len(receiver.events) == 5
-        threading.Event().wait(0.25)  # a token comes back every 0.2 s
-        assert session.post(url, json=body, timeout=5).status_code == 200
-        receiver.rate_limit = None
-        assert all(session.post(url, json=body, timeout=5).ok for _ in range(10))
-        assert [identity(e) for e in receiver.events] == ["t:None"] * 16
-        assert all(r.arrived is not None and r.arrived <= r.time for r in receiver.requests)
-
-
-def test_limiter_block_holds_every_caller_including_those_already_waiting() -> None:
-    limiter = RateLimiter(2.0)  # a slot every 0.5 s
-    limiter.acquire()  # the first slot is free
-    started = monotonic()
-    waited: list[float] = []
-
-    def wait_for_a_slot() -> None:
-        limiter.acquire()
-        waited.append(monotonic())
-
-    waiter = threading.Thread(target=wait_for_a_slot)
-    waiter.start()  # its slot is 0.5 s away …
-    limiter.block(1.0)  # … but a 429 said: nothing for a second
-    waiter.join(timeout=5)
-    assert not waiter.is_alive()
-    assert waited[0] - started >= 1.0
-    limiter.acquire()  # the next one keeps its spacing behind it
-    assert monotonic() - started >= 1.5 * 0.95
