@@ -384,9 +384,13 @@ def flask_group(ctx: click.Context) -> None:
     """shop-events commands for the app's tracker (registered by ShopEvents(app))."""
     from flask import current_app
 
-    from .integrations.flask.extension import tracker_for
+    from .integrations.flask.extension import EXTENSION_KEY, tracker_for
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if EXTENSION_KEY not in app.extensions:
+        raise click.ClickException(
+            f"{app.name} has no shop-events extension: call ShopEvents(app) in its factory"
+        )
     ctx.obj = _Factory(lambda: tracker_for(app))
 
 

@@ -88,3 +88,15 @@ def test_flask_cli_group_uses_the_apps_tracker(settings: Settings) -> None:
     assert result.exit_code == 0, result.output
     assert '"pending": 0' in result.output
     tracker_for(app).engine.dispose()
+
+
+def test_the_flask_commands_on_an_app_without_the_extension_say_so_in_one_line() -> None:
+    from shop_events.cli import flask_group
+
+    bare = Flask("bare_shop")
+    result = bare.test_cli_runner().invoke(flask_group, ["status"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: bare_shop has no shop-events extension: call ShopEvents(app) in its factory"
+    ]
+    assert result.exception is None or isinstance(result.exception, SystemExit)
