@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from shop_events import Settings, Tracker
 from shop_events.testing import Receiver
 
 from tests import postgres
-from tests.support import API_KEY, SettingsFactory
+from tests.support import API_KEY, SettingsFactory, migrate_database
 
 # pytest times setup, call and teardown with the clock functions bound in ``_pytest.timing``;
 # left to freezegun, a fixture that freezes time reports ~1.8e9 s under ``--durations``. Only that
@@ -32,13 +33,43 @@ def receiver() -> Iterator[Receiver]:
 def pg_server() -> Iterator[str]:
     """A throwaway PostgreSQL cluster for the whole run (skips locally if not installed)."""
     postgres.require()
-    with postgres.cluster() as url:
+    with postgres.cluster(in_ram=True) as url:
         yield url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="session")
+def pg_template(pg_server: str) -> str:
+    """A database of the cluster migrated once per run, copied for each test."""
+    return postgres.migrated_template(pg_server)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per run, copied for each test."""
+    path = tmp_path_factory.mktemp("template") / "shop_events.db"
+    migrate_database(f"sqlite:///{path}")
+    return path
+
+
+ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=ENGINES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test that stores anything runs on the SQLite default and on PostgreSQL."""
+    """Each test that stores anything runs on the SQLite default and on PostgreSQL, in a
+    database already at the newest migration (a copy of one migrated once per run)."""
+    if request.param == "sqlite":
+        path = tmp_path / "shop_events.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    return postgres.new_database(
+        request.getfixturevalue("pg_server"), template=request.getfixturevalue("pg_template")
+    )
+
+
+@pytest.fixture(params=ENGINES)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on SQLite and on PostgreSQL, for the tests of the migrations."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shop_events.db'}"
     return postgres.new_database(request.getfixturevalue("pg_server"))

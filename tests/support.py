@@ -39,6 +39,17 @@ SettingsFactory = Callable[..., Settings]
 """``make_settings(**sections)``: test settings with some sections overridden."""
 
 
+def migrate_database(url: str) -> None:
+    """Bring the plugin's tables in the database at ``url`` to the newest revision, as
+    ``Tracker.migrate()`` does, and leave no connection open."""
+    tracker = Tracker(Settings.load({"database": {"url": url}, "scheduler": {"enabled": False}}))
+    try:
+        tracker.migrate()
+    finally:
+        tracker.shutdown()
+        tracker.engine.dispose()
+
+
 class VirtualTime:
     """A monotonic clock that moves only when a caller waits on it, for the rate limiters.
 

@@ -33,9 +33,9 @@ SUBPROCESS_TIMEOUT = 120
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
+def engine(empty_database_url: str) -> Iterator[Engine]:
     """An empty database: a SQLite file in tmp_path, or a fresh PostgreSQL database."""
-    made = create_engine(database_url)
+    made = create_engine(empty_database_url)
     yield made
     made.dispose()
 
@@ -132,6 +132,12 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def venv_site_packages(venv: Path) -> Path:
+    """The ``site-packages`` directory of a venv made by this interpreter."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return venv / "lib" / version / "site-packages"
+
+
 def build_backend_problem() -> str | None:
     """Why this environment cannot build the project without isolation, or None."""
     try:
@@ -152,17 +158,40 @@ def test_plain_install_migrates_from_any_directory(tmp_path: Path) -> None:
     config file, not the working directory."""
     problem = build_backend_problem()
     assert problem is None, f"{problem}: pip install 'setuptools>=68' wheel"
-    # Build from a copy: an in-tree build would leave build/ in the checkout.
+    # Build from a copy: an in-tree build would leave build/ in the checkout. Build with the
+    # interpreter running the tests: its environment has the build-system's requirements (the
+    # test extra), where a new venv's, or the base interpreter's, may be too old.
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=COPY_IGNORE)
-    venv = tmp_path / "venv"
-    # No pip of its own: the venv's bundled setuptools would shadow the build backend of the
-    # environment running the tests (setuptools>=68 and wheel, as pyproject.toml requires).
+    dist = tmp_path / "dist"
     run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-q",
+            "-w",
+            str(dist),
+            str(source),
+        ],
         tmp_path,
     )
+    [wheel] = dist.glob("shop_events-*.whl")
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)
     python = venv / "bin" / "python"
+    # The venv sees, after its own, the site directories of the environment running the tests
+    # (pip and the dependencies): a venv's --system-site-packages would give the base
+    # interpreter's instead, which may lack both.
+    (venv_site_packages(venv) / "test_environment.pth").write_text(
+        "\n".join(p for p in sys.path if Path(p).name in {"site-packages", "dist-packages"}),
+        encoding="utf-8",
+    )
     run(
         [
             str(python),
@@ -170,11 +199,11 @@ def test_plain_install_migrates_from_any_directory(tmp_path: Path) -> None:
             "pip",
             "install",
             "--no-deps",
-            "--no-build-isolation",
             "--no-index",
+            "--ignore-installed",  # the checkout's own install is visible, and must stay
             "--disable-pip-version-check",
             "-q",
-            str(source),
+            str(wheel),
         ],
         tmp_path,
     )
