@@ -146,6 +146,7 @@ def status(as_json: bool) -> None:
         "paused_until": current.until.isoformat() if current else None,
         "last_error": health.last_error,
         "api_key_set": tracker.transport.ready,
+        "suppressed": {str(k): dict(v) for k, v in health.suppressed.items()},
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -165,6 +166,9 @@ def status(as_json: bool) -> None:
         click.echo("delivery running" if tracker.transport.ready else "delivery waits: no api.key")
     if health.last_error:
         click.echo(f"last error: {health.last_error}")
+    for subject, reasons in health.suppressed.items():
+        listed = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+        click.echo(f"suppressed {subject.value}s (nothing sent): {listed}")
 
 
 @click.command("send-test")

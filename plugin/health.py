@@ -55,6 +55,9 @@ class Health:
     """Carts, browses and registrations still active (waiting for their abandonment time)."""
     waiting_carts: tuple[WaitingCart, ...]
     """The carts longest idle first, at most ``web.admin_page_size`` of them."""
+    suppressed: Mapping[Subject, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    """Carts, browses and registrations that came due with nothing sent, by reason
+    (``no_contact``, ``opted_out``, ``capped``, ``unbuildable``); subjects with none left out."""
 
     @property
     def oldest_pending_age(self) -> timedelta | None:
@@ -105,4 +108,9 @@ def _read(conn: Connection, settings: Settings, now: datetime) -> Health:
             for subject in activity.SUBJECTS
         },
         waiting_carts=tuple(waiting),
+        suppressed={
+            subject: counts
+            for subject in activity.SUBJECTS
+            if (counts := activity.count_suppressed_by_reason(conn, subject))
+        },
     )

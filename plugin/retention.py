@@ -1,6 +1,7 @@
 """Retention: finished activity and sent events older than ``retention.days`` are deleted in
-batches by a scheduled job. Dead letters stay until replayed or purged on purpose; active carts,
-browses and registrations and consent records are never purged.
+batches by a scheduled job (on SQLite, batches sized to hold the write lock about
+``database.write_lock_budget``). Dead letters stay until replayed or purged on purpose; active
+carts, browses and registrations and consent records are never purged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from sqlalchemy import Connection, Engine
 from .config import RetentionSettings
 from .storage import activity, caps, orders, outbox
 from .storage.activity import SUBJECTS
+from .storage.engines import WriteBatches
 from .storage.enums import OutboxStatus, Subject
 
 MAX_BATCHES = 10_000
@@ -62,11 +64,14 @@ def purge(
     for table, delete_batch in targets(dead_letters).items():
         kept = max(age, keep_caps_for) if table == caps.TABLE else age
         total = 0
+        batches = WriteBatches(engine, settings.batch)
         for _ in range(MAX_BATCHES):
-            with engine.begin() as conn:
-                deleted = delete_batch(conn, now - kept, settings.batch)
+            limit = batches.size
+            with batches.transaction(engine) as (conn, handled):
+                deleted = delete_batch(conn, now - kept, limit)
+                handled.append(deleted)
             total += deleted
-            if deleted < settings.batch:
+            if deleted < limit:
                 break
         counts[table] = total
     return counts

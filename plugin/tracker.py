@@ -32,7 +32,7 @@ from .health import Health, read_health
 from .payload.validation import DEDUPE_KEY_MAX, check_text
 from .retention import purge
 from .scheduler import Scheduler
-from .storage.engines import make_engine
+from .storage.engines import jobs_lock_path, make_engine, resume_waiting, stop_waiting
 from .storage.enums import Subject
 from .storage.outbox import Summary, summarize
 
@@ -65,6 +65,7 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
             self.scan,
             self.dispatcher.drain,
             {"retention": (self.purge, self.settings.retention.interval)},
+            lock_path=jobs_lock_path(self.engine),
         )
         self.before_write = self.scheduler.ensure_running
 
@@ -163,7 +164,15 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         self.scheduler.start()
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the scheduler; sends in progress finish, claimed rows not yet sent are released."""
+        """Stop the scheduler; sends in progress finish, claimed rows not yet sent are released.
+
+        Meanwhile no single wait on the database lasts more than a short grace: a frozen
+        database must not keep a stopping worker alive.
+        """
         self.dispatcher.stopping.set()
-        self.scheduler.shutdown(wait=wait)
-        self.dispatcher.close()
+        stop_waiting(self.engine)
+        try:
+            self.scheduler.shutdown(wait=wait)
+            self.dispatcher.close()
+        finally:
+            resume_waiting(self.engine)

@@ -2,7 +2,10 @@
 
 One transaction per batch moves due rows from ``active`` to ``abandoned`` with a conditional
 ``UPDATE … RETURNING`` and inserts their outbox rows, so two scanners racing can never enqueue
-the same abandonment twice, and a row touched meanwhile is not due any more.
+the same abandonment twice, and a row touched meanwhile is not due any more. On SQLite the
+batches are sized so that each transaction holds the write lock about
+``database.write_lock_budget``. A row whose event cannot be built is suppressed (``unbuildable``,
+the error logged) and the scan goes on.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from sqlalchemy import Connection, Engine
 
 from ..clock import Clock, utcnow
 from ..config import Settings
+from ..errors import ValidationError
 from ..storage import activity, caps, consent
+from ..storage.engines import WriteBatches
 from ..storage.enums import FlowState, SkipReason
 from ..storage.outbox import NewEvent, enqueue
 from .flows import Flow, Row, flows
@@ -32,7 +37,9 @@ class ScanResult:
     abandoned: int = 0
     """Rows that came due and got their event queued."""
     suppressed: int = 0
-    """Rows that came due with nothing to send: no contact, opted out, or capped."""
+    """Rows that came due with nothing to send: no contact, opted out, capped, unbuildable."""
+    unbuildable: int = 0
+    """Of those, rows whose event could not be built (the error is logged)."""
     converted: int = 0
     """Rows that came due but were cancelled meanwhile (e.g. a browse whose shopper carted)."""
     enqueued: int = 0
@@ -54,10 +61,13 @@ class Scanner:
         result = ScanResult()
         now = self._clock()
         for flow in self._flows:
+            batches = WriteBatches(self._engine, flow.settings.scan_batch)
             for _ in range(MAX_BATCHES_PER_SCAN):
-                with self._engine.begin() as conn:
-                    found = self._scan_batch(conn, flow, now, result)
-                if found < flow.settings.scan_batch:
+                limit = batches.size
+                with batches.transaction(self._engine) as (conn, handled):
+                    found = self._scan_batch(conn, flow, now, result, limit)
+                    handled.append(found)
+                if found < limit:
                     break
         if result.abandoned or result.suppressed or result.converted:
             log.info(
@@ -69,20 +79,23 @@ class Scanner:
             )
         return result
 
-    def _scan_batch(self, conn: Connection, flow: Flow, now: datetime, result: ScanResult) -> int:
+    def _scan_batch(
+        self, conn: Connection, flow: Flow, now: datetime, result: ScanResult, limit: int
+    ) -> int:
         settings = flow.settings
-        rows = activity.take_due(conn, flow.subject, now, settings.after, settings.scan_batch)
+        rows = activity.take_due(conn, flow.subject, now, settings.after, limit)
         events: list[NewEvent] = []
         contacts = [c for c in map(flow.contact, rows) if c]
         refused = consent.opted_out(conn, contacts) if settings.marketing else set()
         for row in rows:
-            reason = self._skip_reason(conn, flow, row, now, refused)
-            if reason is None:
-                events.append(flow.event(row))
+            reason, event = self._outcome(conn, flow, row, now, refused)
+            if event is not None:
+                events.append(event)
                 result.abandoned += 1
                 subject = flow.subject.value
                 result.by_flow[subject] = result.by_flow.get(subject, 0) + 1
                 continue
+            assert reason is not None
             cancelled = reason is SkipReason.CANCELLED
             state = FlowState.CONVERTED if cancelled else FlowState.SUPPRESSED
             key = activity.key_of(flow.subject, row)
@@ -91,21 +104,40 @@ class Scanner:
                 result.converted += 1
             else:
                 result.suppressed += 1
+                result.unbuildable += reason is SkipReason.UNBUILDABLE
         result.enqueued += enqueue(conn, events, now)
         return len(rows)
 
-    def _skip_reason(
+    def _outcome(
         self, conn: Connection, flow: Flow, row: Row, now: datetime, refused: set[str]
-    ) -> SkipReason | None:
-        """Why a due row emits nothing (cancelled: converted; else suppressed); None: emit."""
+    ) -> tuple[SkipReason | None, NewEvent | None]:
+        """The due row's event, or why it emits nothing (cancelled: converted; else suppressed).
+
+        The event is built before the frequency cap is taken, so a row that cannot be sent
+        does not spend the contact's cap.
+        """
         contact = flow.contact(row)
         if not contact:
-            return SkipReason.NO_CONTACT
+            return SkipReason.NO_CONTACT, None
         if contact in refused:
-            return SkipReason.OPTED_OUT
+            return SkipReason.OPTED_OUT, None
         if flow.cancelled(conn, row):
-            return SkipReason.CANCELLED
+            return SkipReason.CANCELLED, None
+        try:
+            event = flow.event(row)
+        except Exception as exc:  # one row's data, not the scan: the others still go out
+            key = activity.key_of(flow.subject, row)
+            log.error(
+                "%s %r version %s cannot be sent, suppressed as %s: %s",
+                flow.subject.value,
+                key,
+                row.version,
+                SkipReason.UNBUILDABLE.value,
+                exc,
+                exc_info=not isinstance(exc, ValidationError),
+            )
+            return SkipReason.UNBUILDABLE, None
         settings = flow.settings
         if not caps.take(conn, settings.event_type_key, contact, now, settings.contact_interval):
-            return SkipReason.CAPPED
-        return None
+            return SkipReason.CAPPED, None
+        return None, event

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from ..errors import ValidationError
 from ..payload.contacts import check_name, check_phone, profile_inputs
 from ..payload.events import Param, build_body
-from ..payload.validation import check_email, check_event_size, check_url
+from ..payload.validation import check_email, check_event_size, check_url, quoted
 from ..storage import caps, consent, outbox, registrations
 from .base import HookParams, Hooks, check_params
 
@@ -183,7 +183,7 @@ class AccountHooks(Hooks):
         if fields:
             params.append(("json", {"profileInputs": profile_inputs(fields, rules)}))
         if not isinstance(created, bool):
-            raise ValidationError("created", f"must be True or False, got {created!r}")
+            raise ValidationError("created", f"must be True or False, got {quoted(created)}")
         keys = self.settings.events
         event_type = keys.create_contact if created else keys.update_contact
         event = self._immediate_event(event_type, contact, params)

@@ -18,11 +18,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..clock import Clock
-from ..config import Settings
+from ..config import Settings, scrub
 from ..errors import StorageError, ValidationError
 from ..payload.events import Param, build_body
 from ..payload.items import Item
-from ..payload.validation import check_event_size, encode_body
+from ..payload.validation import check_event_size, encode_body, quoted
 from ..storage.engines import transaction
 from ..storage.outbox import NewEvent, enqueue
 from .bots import is_bot
@@ -49,7 +49,7 @@ def check_params(params: HookParams) -> list[Param]:
     pairs: list[Param] = []
     for name, value in params.items():
         if not isinstance(name, str):
-            raise ValidationError("params", f"param names must be text, got {name!r}"[:120])
+            raise ValidationError("params", f"param names must be text, got {quoted(name)}")
         if isinstance(value, bool):
             pairs.append((name, "true" if value else "false"))
         elif isinstance(value, str | int | Decimal):
@@ -57,7 +57,7 @@ def check_params(params: HookParams) -> list[Param]:
         else:
             kind = type(value).__name__
             raise ValidationError(
-                f"params[{name[:40]!r}]",
+                f"params[{quoted(name)}]",
                 f"must be text, a whole number, a Decimal or true/false, got {kind}",
             )
     return pairs
@@ -68,7 +68,7 @@ def check_currency(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
-        raise ValidationError("currency", f"must be a 3-letter ISO 4217 code, got {value!r}")
+        raise ValidationError("currency", f"must be a 3-letter ISO 4217 code, got {quoted(value)}")
     return value
 
 
@@ -140,5 +140,5 @@ class Hooks:
                 return write(conn)
         except SQLAlchemyError as exc:
             log.error("%s was not recorded: %s", what, exc.__class__.__name__)
-            reason = getattr(exc, "orig", None) or exc
+            reason = scrub(str(getattr(exc, "orig", None) or exc), self.settings.database.url)
             raise StorageError(f"{what} was not recorded: {reason}") from exc

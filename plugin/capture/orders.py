@@ -14,7 +14,7 @@ from ..errors import ValidationError
 from ..payload.events import Param, build_items_event
 from ..payload.items import CanonicalItem, canonical_items, items_total, price_text
 from ..payload.orders_api import ORDERS_API_PATH, ORDERS_API_TYPE, orders_api_order
-from ..payload.validation import check_email, check_host_id, dump_json, encode_body
+from ..payload.validation import check_email, check_host_id, dump_json, encode_body, quoted
 from ..storage import browses, carts, orders
 from ..storage.enums import Subject
 from ..storage.outbox import NewEvent, enqueue
@@ -110,7 +110,7 @@ class OrderHooks(Hooks):
             row = orders.get(conn, order_key)
             if row is None and contact is None:
                 raise ValidationError(
-                    "order_id", f"{order_key!r} is unknown: place it first, or pass email="
+                    "order_id", f"{quoted(order_key)} is unknown: place it first, or pass email="
                 )
             payload = (
                 json.loads(row.payload)

@@ -8,7 +8,8 @@ raise :class:`ConfigError` naming the key.
 - :mod:`.sections`: one frozen dataclass per section, each with its own ``check``;
 - :mod:`.settings`: :class:`Settings`, all sections together and the rules across them;
 - :mod:`.loading`: the generic TOML / environment / Flask-config loader;
-- :mod:`.durations` and :mod:`.secret`: the two value types a settings file adds.
+- :mod:`.durations` and :mod:`.secret`: the two value types a settings file adds, and URLs
+  with their password masked for messages.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .durations import format_duration, parse_duration
 from .loading import CONFIG_PATH_ENV, ENV_PREFIX
-from .secret import Secret
+from .secret import Secret, mask_url, scrub
 from .sections import (
     DEFAULT_BOT_AGENTS,
     FIELD_TYPES,
@@ -62,5 +63,7 @@ __all__ = [
     "UnfinishedRegistrationSettings",
     "WebSettings",
     "format_duration",
+    "mask_url",
     "parse_duration",
+    "scrub",
 ]

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+import ada_url
+
 from ..errors import ConfigError, ValidationError
 from ..payload.validation import check_event_type_key
-from .secret import Secret
+from .secret import Secret, mask_url
 
 
 class Section:
@@ -30,6 +32,31 @@ class Section:
         """
 
 
+def _masked_repr(section: object, masked: Mapping[str, str]) -> str:
+    """The dataclass ``repr`` of ``section`` with some fields' text replaced (no password)."""
+    fields = (
+        f"{f.name}={masked[f.name] if f.name in masked else repr(getattr(section, f.name))}"
+        for f in dataclasses.fields(section)  # type: ignore[arg-type]
+        if f.repr
+    )
+    return f"{type(section).__qualname__}({', '.join(fields)})"
+
+
+def _header_problem(text: str) -> str | None:
+    """Why ``text`` cannot travel in an HTTP header (Latin-1 only, no control character), naming
+    the character by position and code point, never quoting the text; None when it can."""
+    for position, char in enumerate(text, 1):
+        code = ord(char)
+        if code > 0xFF or code < 0x20 or 0x7F <= code <= 0x9F:
+            kind = "a control character" if code <= 0x9F else "not Latin-1"
+            return (
+                "must hold only characters an HTTP header can carry (Latin-1, no control "
+                f"characters); character {position} is U+{code:04X} ({kind}): was it pasted "
+                "with an invisible character?"
+            )
+    return None
+
+
 def _check_event_type_keys(path: str, keys: Mapping[str, str]) -> None:
     """Each event type key must be one the platform accepts; the error names its setting."""
     for name, value in keys.items():
@@ -37,6 +64,9 @@ def _check_event_type_keys(path: str, keys: Mapping[str, str]) -> None:
             check_event_type_key(value)
         except ValidationError as exc:
             raise ConfigError(f"{path}{name}: {exc.rule}") from None
+
+
+_API_PATH = re.compile(r"[A-Za-z0-9._~/-]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +78,14 @@ class ApiSettings(Section):
     key: Secret = dataclasses.field(default_factory=lambda: Secret(""))
     username: str = "shop-events"
     timeout: timedelta = timedelta(seconds=10)
+    """Longest wait for each read of an answer; a whole request, from connecting to the
+    answer's end, may take at most ``connect_timeout + timeout``."""
     connect_timeout: timedelta = timedelta(seconds=5)
     rate_limit: float = 350.0
     max_event_bytes: int = 20_000
+    key_check_path: str = "v1/account/info"
+    """``GET`` here checks the key without sending an event, after a 401/403: a good key
+    means the platform refused that one event. Empty: no check; the next event probes."""
 
     def endpoint(self, path: str) -> str:
         """Full URL of an API path such as ``"v1/event"``."""
@@ -61,18 +96,38 @@ class ApiSettings(Section):
         """The Generate event path for the configured version."""
         return f"{self.version}/event"
 
+    def __repr__(self) -> str:
+        return _masked_repr(self, {"base_url": repr(mask_url(self.base_url, user=False))})
+
     def check(self, path: str) -> None:
-        """An http(s) URL without credentials, a positive rate, room for one event."""
-        parts = urlsplit(self.base_url)
-        authority = self.base_url.split("://", 1)[-1].split("/", 1)[0]
-        if "@" in authority:  # checked first: the URL is echoed below
-            raise ConfigError(f"{path}base_url: must not hold credentials; set {path}key instead")
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ConfigError(f"{path}base_url: must be an http(s) URL, got {self.base_url!r}")
+        """An http(s) URL without credentials, a key and user name a header can carry, a
+        positive rate, room for one event. The URL is never echoed when it holds an ``@``."""
+        url = self.base_url
+        if "@" in url:  # anywhere: a malformed URL may hide credentials where urlsplit won't look
+            raise ConfigError(
+                f"{path}base_url: must not hold credentials (no '@'); set {path}key instead"
+            )
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ConfigError(f"{path}base_url: is not a valid URL ({exc})") from None
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError(f"{path}base_url: must be an http(s) URL, got {url[:80]!r}")
+        for name, value in (("key", self.key.reveal()), ("username", self.username)):
+            problem = _header_problem(value)
+            if problem:
+                raise ConfigError(f"{path}{name}: {problem}")
         if self.rate_limit <= 0:
             raise ConfigError(f"{path}rate_limit: must be greater than 0 requests per second")
         if self.max_event_bytes < 1024:
             raise ConfigError(f"{path}max_event_bytes: must be at least 1024")
+        check = self.key_check_path
+        if check and (not _API_PATH.fullmatch(check) or ".." in check.split("/")):
+            raise ConfigError(
+                f"{path}key_check_path: must be a path under base_url like 'v1/account/info', "
+                f"got {check[:80]!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +136,20 @@ class DatabaseSettings(Section):
 
     url: str = "sqlite:///shop_events.db"
     echo: bool = False
+    connect_timeout: timedelta = timedelta(seconds=5)
+    """PostgreSQL: how long opening a connection may take (libpq counts whole seconds, >= 2)."""
+    statement_timeout: timedelta = timedelta(seconds=30)
+    """Longest one statement of the jobs and commands may run (PostgreSQL: also enforced by
+    the server); on SQLite, how long a job waits for the write lock."""
+    capture_timeout: timedelta = timedelta(seconds=2)
+    """Longest a capture on the plugin's own engine may hold the host's request: pool checkout,
+    connecting and every statement together. It then fails with ``StorageError``."""
+    write_lock_budget: timedelta = timedelta(milliseconds=50)
+    """SQLite: the longest one write transaction of the scan and retention jobs should hold the
+    database's write lock; their batches are sized to fit, and the job pauses between them."""
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, {"url": repr(mask_url(self.url))})
 
     def resolved(self, base_dir: Path) -> DatabaseSettings:
         """These settings with a relative SQLite path taken relative to ``base_dir``.
@@ -94,6 +163,14 @@ class DatabaseSettings(Section):
             if path and path != ":memory:" and not Path(path).is_absolute():
                 return dataclasses.replace(self, url=prefix + str((base_dir / path).resolve()))
         return self
+
+    def check(self, path: str) -> None:
+        """Every timeout is longer than zero; a connection may take at least 1s."""
+        for name in ("statement_timeout", "capture_timeout", "write_lock_budget"):
+            if getattr(self, name) <= timedelta(0):
+                raise ConfigError(f"{path}{name}: must be longer than 0s")
+        if self.connect_timeout < timedelta(seconds=1):
+            raise ConfigError(f"{path}connect_timeout: must be at least 1s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,6 +396,20 @@ class ItemsSettings(Section):
 
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ADMIN_ACCESS = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+# ASCII names (IDNA hosts in their xn-- form), IPv4, bracketed IPv6; '*' and '?' as in globs
+_HOST_GLOB = re.compile(r"[A-Za-z0-9*?_.-]+|\[[0-9A-Fa-f:.]+\]")
+
+
+def _web_origin(text: str) -> str | None:
+    """``text``'s origin as browsers serialize it, if it is an http(s) origin and nothing more."""
+    try:
+        url = ada_url.URL(text)
+    except (ValueError, UnicodeError):  # not a URL; a lone surrogate
+        return None
+    plain = not (url.username or url.password or url.search or url.hash)
+    if url.protocol not in ("http:", "https:") or url.pathname != "/" or not plain:
+        return None
+    return str(url.origin)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,8 +418,12 @@ class WebSettings(Section):
 
     track: bool = True
     """Serve ``POST /shop-events/track`` and ``/shop-events/static/shop-events.js``."""
+    shop_hosts: tuple[str, ...] = ()
+    """The shop's own hosts (globs: ``shop.example``, ``*.shop.example``): pages there may post,
+    product links may point there. Empty: the Flask app's ``SERVER_NAME``, if set; the
+    request's ``Host`` header is never trusted for this."""
     allowed_origins: tuple[str, ...] = ()
-    """Origins besides the request's own host that may post (``https://www.shop.example``)."""
+    """Further origins that may post, with CORS headers (``https://www.shop.example``)."""
     token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
     """When set, requests carrying ``X-Shop-Events-Token: <token>`` skip the origin check."""
     max_body_bytes: int = 4096
@@ -336,8 +431,11 @@ class WebSettings(Section):
     """Sustained requests per second per client address."""
     rate_burst: int = 20
     """Requests a client address may make at once before the rate limit applies."""
-    identify: bool = True
-    """Accept ``shopEvents.identify(email)`` from the browser."""
+    identify: Literal["signed-in", "any", "off"] = "signed-in"
+    """What ``shopEvents.identify(email)`` from the browser may bind: ``signed-in`` only the
+    address of the signed-in shopper (``current_email``) or any address on a request with the
+    token; ``any`` any address (anyone can then get marketing email sent to a stranger);
+    ``off`` nothing."""
     item_hosts: tuple[str, ...] = ()
     """Hosts (globs) besides the shop's own that product ``url``/``imageurl`` may point at."""
     cookie_name: str = "se_vid"
@@ -348,16 +446,20 @@ class WebSettings(Section):
     admin_page_size: int = 50
 
     def check(self, path: str) -> None:
-        """Real origins, sane sizes and rates, a valid cookie, ``module:function`` access."""
+        """Real origins and hosts, sane sizes and rates, a valid cookie, ``module:function``."""
+        for key in ("shop_hosts", "item_hosts"):
+            for pattern in getattr(self, key):
+                if not _HOST_GLOB.fullmatch(pattern):
+                    raise ConfigError(
+                        f"{path}{key}: {pattern[:80]!r} is not a host or a host glob like "
+                        "'shop.example' or '*.shop.example' (no scheme, port or path; "
+                        "international names in their xn-- form)"
+                    )
         for origin in self.allowed_origins:
-            parts = urlsplit(origin)
-            if (
-                parts.scheme not in {"http", "https"}
-                or not parts.netloc
-                or parts.path not in ("", "/")
-            ):
+            if _web_origin(origin) is None:
+                shown = "a URL with a user name or password" if "@" in origin else repr(origin[:80])
                 raise ConfigError(
-                    f"{path}allowed_origins: {origin!r} is not an origin like 'https://shop.example'"
+                    f"{path}allowed_origins: {shown} is not an origin like 'https://shop.example'"
                 )
         if self.max_body_bytes < 256:
             raise ConfigError(f"{path}max_body_bytes: must be at least 256")

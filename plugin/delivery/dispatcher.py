@@ -3,6 +3,12 @@
 Claims and settlements are short transactions; the HTTP call happens between them with no
 transaction open. Sends run on a bounded pool of threads so a slow API does not serialise
 delivery. On shutdown, sends in progress finish and rows not yet sent are released.
+
+Two bounds keep a row from going out twice. A row starts its send only with lease time to
+finish it: a row that waited in its batch until its lease ran low renews it first (on the
+database's clock), and one taken over meanwhile is not sent. And no send starts while more
+than ``delivery.threads`` finished sends wait to be recorded, so a crash re-sends at most what
+was on the wire and one small group.
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
 from enum import StrEnum
-from typing import assert_never
+from typing import Any, assert_never
 
 from sqlalchemy import Connection, Engine
 
@@ -33,10 +40,82 @@ from .transport import Transport
 
 log = logging.getLogger(__name__)
 
-Finished = tuple[list[outbox.Claimed], policy.Result | None]
+MAX_BATCHES_PER_DRAIN = 50
+UNSENDABLE = "cannot be sent"
+"""How the error of a row whose request cannot be built begins."""
+ERROR_MAX = 2000
+
+
+def _monotonic() -> float:
+    # real elapsed time on this host, whatever its wall clock does (and freezegun, in tests)
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+@dataclasses.dataclass
+class _Job:
+    """One request: its rows (one event, or Orders API rows together) and its body."""
+
+    rows: list[outbox.Claimed]
+    body: bytes
+    leased_at: float
+    """When the rows' lease last began, at the latest (this host's monotonic clock)."""
+    lost: set[int] = dataclasses.field(default_factory=set)
+    """Rows another worker took over before the send: not sent, not settled here."""
+
+
+Finished = tuple[_Job, policy.Result | None]
 """A job and its outcome (None: not tried)."""
 
-MAX_BATCHES_PER_DRAIN = 50
+
+class _Window:
+    """Finished sends not yet recorded: no send starts while more than ``limit`` wait."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._waiting = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def enter(self) -> bool:
+        """Wait for room to start a send; False once the batch is over (nothing more starts)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._waiting <= self._limit or self._closed)
+            return not self._closed
+
+    def finished(self) -> None:
+        """One job is done (sent or not) and waits to be recorded."""
+        with self._cond:
+            self._waiting += 1
+
+    def recorded(self, count: int) -> None:
+        """``count`` finished jobs were recorded."""
+        with self._cond:
+            self._waiting -= count
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """The batch is over: jobs still waiting to start are not tried."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class _Batch:
+    """What the sends of one claim share."""
+
+    def __init__(self, threads: int) -> None:
+        self.window = _Window(threads)
+        self.refused = threading.Event()
+        """A 401/403 came, and the key is not known to be good: nothing more starts."""
+        self._verdict_lock = threading.Lock()
+        self._verdict: tuple[bool | None] | None = None
+
+    def key_verdict(self, check: Callable[[], bool | None]) -> bool | None:
+        """The key check's verdict, asked once per batch however many sends were refused."""
+        with self._verdict_lock:
+            if self._verdict is None:
+                self._verdict = (check(),)
+            return self._verdict[0]
 
 
 class Settled(StrEnum):
@@ -49,7 +128,8 @@ class Settled(StrEnum):
     RELEASED = "released"
     """Back unsent, no attempt spent: not tried, or the key was refused."""
     LOST_LEASE = "lost_lease"
-    """Another worker took the row over (its lease had expired) before this one settled it."""
+    """Another worker took the row over (its lease had expired) before this one sent or
+    settled it."""
 
 
 @dataclasses.dataclass
@@ -141,48 +221,135 @@ class Dispatcher:
         now = self._clock()
         with self._engine.begin() as conn:
             current = pause.current(conn)
-            if current is not None and current.active(now):
+        limit = delivery.batch_size
+        if current is not None:
+            self._pause_seen = True
+            if current.active(now):
                 return DispatchResult(paused=True)
-            # after a pause, one row probes the key before a whole batch is tried
-            limit = 1 if current is not None else delivery.batch_size
-            if current is not None:
-                self._pause_seen = True
+            verdict = self._check_key_after_pause(now)
+            if verdict is False:
+                return DispatchResult(paused=True)
+            if verdict is None:
+                limit = 1  # no verdict on the key: one event probes it before a whole batch
+        leased_at = _monotonic()  # taken before the claim: the leases run at least from here
+        with self._engine.begin() as conn:
             claimed = outbox.claim(conn, now, delivery.lease, limit)
         result = DispatchResult(claimed=len(claimed), full=len(claimed) == limit)
         if not claimed:
             return result
         with self._engine.begin() as conn:
             wanted = self._screen(conn, claimed, result)
-        refused = threading.Event()  # a 401/403 in this batch: the rest is not tried
+            jobs = self._jobs(conn, wanted, leased_at, result)
+        batch = _Batch(delivery.threads)
 
-        def send(job: list[outbox.Claimed]) -> Finished:
-            return job, self._send(job, refused)
+        def send(job: _Job) -> Finished:
+            try:
+                return job, self._send(job, batch)
+            except Exception as exc:  # one job's failure must not strand the others in flight
+                log.exception("sending event %d failed", job.rows[0].id)
+                return job, policy.Result(None, f"{type(exc).__name__}: {exc}"[:ERROR_MAX])
+            finally:
+                batch.window.finished()
 
-        jobs = self._jobs(wanted)
-        if len(jobs) == 1 or delivery.threads == 1:
-            finished: Iterable[Finished] = map(send, jobs)
-        else:
-            pool = self._executor()
-            finished = (f.result() for f in as_completed([pool.submit(send, j) for j in jobs]))
-        # Settled in small groups as they finish: one write transaction per group, not per
-        # event, while a finished send waits at most for a few others before it is recorded.
-        group: list[Finished] = []
-        for done in finished:
-            group.append(done)
-            if len(group) >= delivery.threads:
+        try:
+            if len(jobs) == 1 or delivery.threads == 1:
+                finished: Iterable[Finished] = map(send, jobs)
+            else:
+                pool = self._executor()
+                futures = [pool.submit(send, job) for job in jobs]
+                finished = (f.result() for f in as_completed(futures))
+            # Settled in small groups as they finish: one write transaction per group, not per
+            # event, while a finished send waits at most for a few others before it is recorded.
+            group: list[Finished] = []
+            for done in finished:
+                group.append(done)
+                if len(group) >= delivery.threads:
+                    self._settle_group(group, result)
+                    batch.window.recorded(len(group))
+                    group = []
+            if group:
                 self._settle_group(group, result)
-                group = []
-        if group:
-            self._settle_group(group, result)
+                batch.window.recorded(len(group))
+        finally:
+            batch.window.close()
         return result
 
-    def _jobs(self, claimed: list[outbox.Claimed]) -> list[list[outbox.Claimed]]:
-        """One request per event; Orders API rows go together, up to ``orders.api_batch``."""
-        orders = [row for row in claimed if row.api_path == ORDERS_API_PATH]
+    def _check_key_after_pause(self, now: datetime) -> bool | None:
+        """The pause ran out: ask whether the key is good now, without any event. A good key
+        lifts the pause, a refused one renews it; None when the check gives no verdict."""
+        check = self._transport.check_key(self.stopping)
+        verdict = policy.key_verdict(check)
+        if verdict is True:
+            self._pause_seen = False
+            with self._engine.begin() as conn:
+                if pause.resume(conn):
+                    log.warning("the API key was accepted: delivery resumes")
+        elif verdict is False and check is not None:
+            with self._engine.begin() as conn:
+                self._pause(conn, policy.key_refused(check, self._settings.delivery, now), now)
+        return verdict
+
+    def _pause(self, conn: Connection, decision: policy.Pause, now: datetime) -> None:
+        if pause.pause(conn, decision.reason, now, decision.until):
+            log.error(
+                "delivery paused until %s: the platform answered %s (check api.key); "
+                "no attempts are spent while paused",
+                decision.until.isoformat(timespec="seconds"),
+                decision.status,
+            )
+
+    def _jobs(
+        self,
+        conn: Connection,
+        rows: list[outbox.Claimed],
+        leased_at: float,
+        result: DispatchResult,
+    ) -> list[_Job]:
+        """One request per event; Orders API rows go together, up to ``orders.api_batch``.
+
+        A row whose request cannot be built (its stored body is no longer valid) is dead with
+        the reason, and the others go on without it.
+        """
+        jobs = []
+        orders: list[tuple[outbox.Claimed, dict[str, Any]]] = []
+        for row in rows:
+            try:
+                if row.api_path == ORDERS_API_PATH:
+                    orders.append((row, _order(row)))
+                else:
+                    jobs.append(_Job([row], row.body.encode("utf-8"), leased_at))
+            except (ValueError, TypeError) as exc:  # UnicodeError and JSON errors included
+                self._unsendable(conn, row, exc, result)
         size = self._settings.orders.api_batch
-        return [[row] for row in claimed if row.api_path != ORDERS_API_PATH] + [
-            orders[i : i + size] for i in range(0, len(orders), size)
-        ]
+        for i in range(0, len(orders), size):
+            chunk = orders[i : i + size]
+            try:
+                body = encode_body({"orders": [order for _, order in chunk]})
+            except (ValueError, TypeError):
+                good = []
+                for row, order in chunk:  # find the orders that cannot be encoded
+                    try:
+                        encode_body({"orders": [order]})
+                    except (ValueError, TypeError) as exc:
+                        self._unsendable(conn, row, exc, result)
+                    else:
+                        good.append((row, order))
+                if not good:
+                    continue
+                chunk = good
+                body = encode_body({"orders": [order for _, order in chunk]})
+            jobs.append(_Job([row for row, _ in chunk], body, leased_at))
+        return jobs
+
+    def _unsendable(
+        self, conn: Connection, row: outbox.Claimed, exc: Exception, result: DispatchResult
+    ) -> None:
+        error = f"{UNSENDABLE}: the stored body is not valid ({type(exc).__name__}: {exc})"
+        if outbox.settle(conn, row, OutboxStatus.DEAD, last_error=error[:ERROR_MAX]):
+            log.warning("event %d (%s) dead: %s", row.id, row.event_type_key, error)
+            result.count(Settled.DEAD)
+        else:
+            result.count(Settled.LOST_LEASE)
 
     def drain(self) -> DispatchResult:
         """Dispatch until nothing is due, delivery pauses or the loop's bound is reached."""
@@ -246,23 +413,66 @@ class Dispatcher:
                 result.count(Settled.LOST_LEASE)
         return wanted
 
-    def _send(self, job: list[outbox.Claimed], refused: threading.Event) -> policy.Result | None:
-        """Send rows as one request; None when they are not tried (shutdown, bad key)."""
-        if self.stopping.is_set() or refused.is_set():
+    def _send(self, job: _Job, batch: _Batch) -> policy.Result | None:
+        """Send one job's request; None when it is not tried (shutdown, bad key, lost lease)."""
+        if self.stopping.is_set() or batch.refused.is_set() or not batch.window.enter():
             return None
-        sent = self._transport.send(job[0].api_path, _request_body(job), self.stopping)
+        if not self._transport.wait_turn(self.stopping) or batch.refused.is_set():
+            return None
+        try:
+            if not self._keep_lease(job):
+                return None
+        except Exception:  # not sent: the row goes back with no attempt spent
+            log.exception("event %d: its lease could not be renewed", job.rows[0].id)
+            return None
+        sent = self._transport.post(job.rows[0].api_path, job.body)
         if policy.classify(sent.status) is policy.Outcome.AUTH:
-            refused.set()
+            batch.refused.set()  # nothing more starts until the key is checked
+            verdict = batch.key_verdict(
+                lambda: policy.key_verdict(self._transport.check_key(self.stopping))
+            )
+            if verdict is True:  # the key is good: the platform refused this event only
+                batch.refused.clear()
+                sent = dataclasses.replace(sent, key_valid=True)
         return sent
 
+    def _keep_lease(self, job: _Job) -> bool:
+        """Make sure the job's rows hold their lease long enough for the send and its
+        settlement: renewed when less than two request deadlines are left; False if a row was
+        taken over meanwhile."""
+        lease = self._settings.delivery.lease
+        needed = 2 * self._transport.deadline.total_seconds()
+        if lease.total_seconds() - (_monotonic() - job.leased_at) >= needed:
+            return True
+        renewed_at = _monotonic()
+        with self._engine.begin() as conn:
+            for row in job.rows:
+                if outbox.renew(conn, row, lease) is None:
+                    job.lost.add(row.id)
+        job.leased_at = renewed_at
+        return not job.lost
+
     def _settle_group(self, group: list[Finished], result: DispatchResult) -> None:
-        """Record finished sends in one transaction; rows not tried go back unsent."""
+        """Record finished sends in one transaction, each row on its own: a row that cannot be
+        recorded is left to its lease and takes no other row with it."""
         with self._engine.begin() as conn:
             for job, sent in group:
-                for row in job:
+                for row in job.rows:
+                    if row.id in job.lost:
+                        result.count(Settled.LOST_LEASE)
+                        continue
                     now = self._clock()
-                    decision = policy.decide(sent, row, self._settings.delivery, now)
-                    result.count(self._apply(conn, row, decision, now))
+                    try:
+                        with conn.begin_nested():
+                            decision = policy.decide(sent, row, self._settings.delivery, now)
+                            result.count(self._apply(conn, row, decision, now))
+                    except Exception:
+                        log.exception(
+                            "event %d (%s): its result could not be recorded; it goes again "
+                            "once its lease runs out",
+                            row.id,
+                            row.event_type_key,
+                        )
 
     def _paused(self, conn: Connection) -> bool:
         current = pause.current(conn)
@@ -312,14 +522,8 @@ class Dispatcher:
                 if done:
                     log.warning("event %d (%s) dead: %s", row.id, row.event_type_key, error)
                 return Settled.DEAD if done else Settled.LOST_LEASE
-            case policy.Pause(until=until, error=error, status=status):
-                if pause.pause(conn, decision.reason, now, until):
-                    log.error(
-                        "delivery paused until %s: the platform answered %s (check api.key); "
-                        "no attempts are spent while paused",
-                        until.isoformat(timespec="seconds"),
-                        status,
-                    )
+            case policy.Pause(error=error, status=status):
+                self._pause(conn, decision, now)
                 # counted as released even if the lease was lost: no attempt was spent either way
                 outbox.settle(
                     conn,
@@ -336,9 +540,9 @@ class Dispatcher:
                 assert_never(decision)
 
 
-def _request_body(rows: list[outbox.Claimed]) -> bytes:
-    """The bytes to send: the event's stored body, or ``{"orders": [...]}`` for the Orders API."""
-    if rows[0].api_path == ORDERS_API_PATH:
-        return encode_body({"orders": [json.loads(row.body) for row in rows]})
-    assert len(rows) == 1
-    return rows[0].body.encode("utf-8")
+def _order(row: outbox.Claimed) -> dict[str, Any]:
+    """An Orders API row's order as stored: a JSON object, else ``ValueError``."""
+    order = json.loads(row.body)
+    if not isinstance(order, dict):
+        raise ValueError(f"an order is a JSON object, got {type(order).__name__}")
+    return order

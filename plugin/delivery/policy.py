@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from ..config import DeliverySettings
+from ..config import DeliverySettings, format_duration
 
 PAUSE_REASON_MAX = 500
 """The pause's reason is shown on the status page and in ``shop-events status``: one line."""
@@ -24,11 +24,13 @@ AUTH_TEXT = "bad API key"
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """What one attempt got back: status code (None: no response), reason text, requested wait."""
+    """What one attempt got back: status code (None: no response), reason text, requested wait,
+    and for a 401/403 whether a check of the key (without any event) then found it good."""
 
     status: int | None
     text: str
     retry_after: timedelta | None = None
+    key_valid: bool | None = None
 
 
 class Outcome(StrEnum):
@@ -40,7 +42,8 @@ class Outcome(StrEnum):
     DEAD = "dead"
     """Any other status: the platform refused the event; retrying cannot help."""
     AUTH = "auth"
-    """401/403: the key is wrong; pause delivery, spend no attempt."""
+    """401/403: the key is wrong (pause delivery, spend no attempt), unless a check of the key
+    finds it good: then the platform refused this one event, which is dead."""
 
 
 def classify(status: int | None) -> Outcome:
@@ -65,14 +68,14 @@ def backoff(
     """Delay before the next try after ``attempts`` failed ones: exponential, capped, jittered.
 
     Half the delay is fixed and half random, so workers that failed together spread out; a
-    ``Retry-After`` from the server is a floor, never shortened.
+    ``Retry-After`` from the server is a floor up to ``backoff_max``, which nothing exceeds.
     """
     base = settings.backoff_base.total_seconds()
     cap = settings.backoff_max.total_seconds()
-    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    delay = min(cap, base * 2 ** min(max(0, attempts - 1), 64))
     delay = delay / 2 + (rng or random).uniform(0, delay / 2)
     if retry_after is not None:
-        delay = max(delay, retry_after.total_seconds())
+        delay = max(delay, min(cap, retry_after.total_seconds()))
     return timedelta(seconds=delay)
 
 
@@ -160,6 +163,9 @@ def decide(
     if outcome is Outcome.SENT:
         return Sent(attempts=attempts, status=result.status)
     if outcome is Outcome.AUTH:
+        if result.key_valid:
+            error = f"{describe(result)} (the API key is valid: the platform refused this event)"
+            return Dead(error=error, attempts=attempts, status=result.status)
         error = f"HTTP {result.status}: {result.text or AUTH_TEXT}"
         return Pause(until=now + settings.auth_pause, error=error, status=result.status)
     if outcome is Outcome.DEAD:
@@ -167,8 +173,33 @@ def decide(
     if gives_up(settings, attempts, row.created_at, now):
         error = f"gave up after {attempts} attempts: {describe(result)}"
         return Dead(error=error, attempts=attempts, status=result.status)
+    wait = result.retry_after
+    if wait is not None and now + wait > row.created_at + settings.give_up_after:
+        error = (
+            f"gave up: the platform asked to wait {format_duration(wait)} (Retry-After), "
+            f"past delivery.give_up_after: {describe(result)}"
+        )
+        return Dead(error=error, attempts=attempts, status=result.status)
     at = now + backoff(settings, attempts, result.retry_after, rng)
     return Retry(at=at, error=describe(result), attempts=attempts, status=result.status)
+
+
+def key_verdict(check: Result | None) -> bool | None:
+    """What a check of the key (a request without any event) says: True the key is good, False
+    it is refused (401/403), None no verdict (not checked, no answer, any other status)."""
+    if check is None or check.status is None:
+        return None
+    if 200 <= check.status < 300:
+        return True
+    if classify(check.status) is Outcome.AUTH:
+        return False
+    return None
+
+
+def key_refused(check: Result, settings: DeliverySettings, now: datetime) -> Pause:
+    """The pause after the key itself was refused, whatever event was waiting."""
+    error = f"HTTP {check.status}: {check.text or AUTH_TEXT}"
+    return Pause(until=now + settings.auth_pause, error=error, status=check.status)
 
 
 def describe(result: Result) -> str:

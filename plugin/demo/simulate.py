@@ -657,7 +657,8 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
     by_status = collections.Counter(str(r.status) for r in rows)
     known = {s.value for s in OutboxStatus}
 
-    answered = [q for q in receiver.requests if q.path.startswith("/api/")]
+    # events and orders are POSTed; a GET is the plugin checking its key, and carries none
+    answered = [q for q in receiver.requests if q.path.startswith("/api/") and q.method == "POST"]
     accepted: collections.Counter[bytes] = collections.Counter()
     refused = failed = 0
     for request in answered:

@@ -13,11 +13,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import ValidationError
 from .items import CanonicalItem, items_param
 from .validation import (
+    INT_DIGITS_MAX,
     body_size,
     check_event_type_key,
+    check_json,
     check_key_value,
     check_param_names,
+    check_unicode,
     encode_body,
+    int_text,
+    quoted,
 )
 
 if TYPE_CHECKING:  # settings are passed in; payload never loads them
@@ -31,8 +36,10 @@ Param = tuple[str, Any]
 def encode_value(value: Any, version: Literal["v1", "v2"], field: str = "params") -> Any:
     """A param value as the API version wants it: v1 serializes nested JSON into a string."""
     if isinstance(value, str):
+        check_unicode(value, field)
         return value
     if isinstance(value, dict | list):
+        check_json(value, field)
         try:
             text = _STRICT_JSON.encode(value)
         except (TypeError, ValueError) as exc:
@@ -44,8 +51,10 @@ def encode_value(value: Any, version: Literal["v1", "v2"], field: str = "params"
         return text if version == "v1" else value
     if value is None or isinstance(value, bool):
         raise ValidationError(
-            "params", f"a param value must be text, a number or JSON, got {value!r}"
+            "params", f"a param value must be text, a number or JSON, got {quoted(value)}"
         )
+    if isinstance(value, int):
+        return int_text(value, field, INT_DIGITS_MAX)
     return str(value)
 
 
@@ -66,7 +75,7 @@ def build_body(
         "eventTypeKey": event_type_key,
         "keyValue": key_value,
         "params": [
-            {"name": name, "value": encode_value(value, version, f"params[{name!r}]")}
+            {"name": name, "value": encode_value(value, version, f"params[{quoted(name)}]")}
             for name, value in params
         ],
     }

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ValidationError
-from .validation import check_host_id, check_text, check_url
+from .validation import check_host_id, check_text, check_url, decimal_text, label, quoted
 
 if TYPE_CHECKING:  # settings are passed in; payload never loads them
     from ..config import ItemsSettings
@@ -23,8 +23,7 @@ CanonicalItem = dict[str, Any]
 """A checked product: ``name``, ``price`` and optional fields as strings, ``tags`` a dict."""
 
 NAME_MAX = 500
-PRICE_MAX_EXPONENT = 30
-PRICE_MIN_EXPONENT = -30
+QUANTITY_MAX = 1_000_000_000
 TEXT_MAX = 1000
 OPTIONAL_URLS = ("url", "imageurl")
 OPTIONAL_TEXTS = ("brand", "sku")
@@ -52,29 +51,12 @@ ITEM_FIELDS = tuple(f.name for f in dataclasses.fields(Item))
 
 
 def price_text(value: object, field: str) -> str:
-    """A non-negative decimal number as text: ``341``, ``"23.50"``, ``Decimal("9.9")``."""
-    if isinstance(value, bool) or value is None:
-        raise ValidationError(field, f"must be a number, got {value!r}")
-    try:
-        if isinstance(value, float):
-            number = Decimal(repr(value))
-        elif isinstance(value, Decimal | int):
-            number = Decimal(value)
-        elif isinstance(value, str):
-            number = Decimal(value.strip())
-        else:
-            raise ValidationError(field, f"must be a number, got {type(value).__name__}")
-    except InvalidOperation:
-        raise ValidationError(field, f"must be a number, got {value!r}") from None
-    if not number.is_finite():
-        raise ValidationError(field, f"must be a finite number, got {value!r}")
-    if number < 0:
-        raise ValidationError(field, f"must not be negative, got {value!r}")
-    # an exponent such as 1e999999999 would otherwise expand to a gigabyte of digits
-    if number and not PRICE_MIN_EXPONENT <= number.adjusted() <= PRICE_MAX_EXPONENT:
-        bounds = f"1e{PRICE_MIN_EXPONENT} and 1e{PRICE_MAX_EXPONENT}"
-        raise ValidationError(field, f"must be between {bounds}, got {value!r}")
-    return format(number, "f")
+    """A non-negative decimal number as text: ``341``, ``"23.50"``, ``Decimal("9.9")``.
+
+    Bounded before any arithmetic (see :func:`~.validation.decimal_text`): at most 100
+    characters of text, between 1e-30 and 1e30.
+    """
+    return decimal_text(value, field)
 
 
 def _tag_text(value: object, field: str) -> str:
@@ -89,10 +71,10 @@ def canonical_item(item: Item | Mapping[str, Any], field: str) -> CanonicalItem:
         data: dict[str, Any] = vars(item)
     elif isinstance(item, Mapping):
         data = dict(item)
-        unknown = set(data) - set(ITEM_FIELDS)
+        unknown = [key for key in data if key not in ITEM_FIELDS]
         if unknown:
             raise ValidationError(
-                f"{field}.{sorted(unknown)[0]}", "is not a field of Item (use tags for extras)"
+                f"{field}.{label(unknown[0])}", "is not a field of Item (use tags for extras)"
             )
     else:
         raise ValidationError(field, f"must be an Item or a dict, got {type(item).__name__}")
@@ -110,9 +92,14 @@ def canonical_item(item: Item | Mapping[str, Any], field: str) -> CanonicalItem:
             out[key] = check_host_id(data[key], f"{field}.{key}")
     quantity = data.get("quantity")
     if quantity is not None:
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
+        if (
+            isinstance(quantity, bool)
+            or not isinstance(quantity, int)
+            or not 1 <= quantity <= QUANTITY_MAX
+        ):
             raise ValidationError(
-                f"{field}.quantity", f"must be a whole number ≥ 1, got {quantity!r}"
+                f"{field}.quantity",
+                f"must be a whole number ≥ 1 and ≤ {QUANTITY_MAX}, got {quoted(quantity)}",
             )
         out["quantity"] = str(quantity)
     tags = data.get("tags") or {}
@@ -121,7 +108,7 @@ def canonical_item(item: Item | Mapping[str, Any], field: str) -> CanonicalItem:
     checked_tags: dict[str, str] = {}
     for name, value in tags.items():
         check_text(name, f"{field}.tags", 90)
-        checked_tags[name] = _tag_text(value, f"{field}.tags[{name!r}]")
+        checked_tags[name] = _tag_text(value, f"{field}.tags[{quoted(name)}]")
     if checked_tags:
         out["tags"] = checked_tags
     return out

@@ -114,6 +114,17 @@ def count_by_state(conn: Connection, subject: Subject) -> dict[str, int]:
     return {str(state): int(count) for state, count in grouped}
 
 
+def count_suppressed_by_reason(conn: Connection, subject: Subject) -> dict[str, int]:
+    """How many rows of this subject are ``suppressed``, by ``skip_reason`` (none: left out)."""
+    table, _ = _table(subject)
+    grouped = conn.execute(
+        select(table.c.skip_reason, func.count())
+        .where(table.c.state == FlowState.SUPPRESSED.value)
+        .group_by(table.c.skip_reason)
+    )
+    return {str(reason): int(count) for reason, count in grouped}
+
+
 def recent(conn: Connection, subject: Subject, limit: int) -> list[Row]:
     """Up to ``limit`` rows in any state, the most recently active first."""
     table, _ = _table(subject)

@@ -40,6 +40,8 @@ class SkipReason(StrEnum):
     OPTED_OUT = "opted_out"
     CAPPED = "capped"
     CANCELLED = "cancelled"
+    UNBUILDABLE = "unbuildable"
+    """Its event could not be built (too large, malformed stored data): logged with the error."""
 
 
 class OutboxStatus(StrEnum):

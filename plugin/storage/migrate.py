@@ -14,6 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from .engines import unbounded
+
 VERSION_TABLE = "shop_events_alembic_version"
 
 
@@ -30,7 +32,9 @@ def alembic_config(engine: Engine | None = None) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the plugin's tables to ``revision`` (default: the newest)."""
     config = alembic_config()
-    with engine.begin() as conn:
+    with unbounded(), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # rebuilding a large table may take long
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 

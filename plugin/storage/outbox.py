@@ -2,6 +2,10 @@
 
 Rows are enqueued once per ``dedupe_key``, claimed with a lease (token + expiry), sent outside
 any transaction by the dispatcher, and settled only by the holder of the lease's token.
+
+Leases are set and compared on the database's clock (:func:`database_now`), never on a host's:
+a host whose clock runs ahead must not see the leases of others as expired. When a row is due
+is the plugin's clock, as every event time is.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, delete, func, select, update
@@ -91,31 +95,68 @@ _CLAIMED_COLUMNS = (
 )
 
 
+def database_now(conn: Connection) -> datetime:
+    """The database's current time, aware UTC: the one clock leases are compared on.
+
+    Read as a value, then bound like any other time, so that it is stored and compared exactly
+    as the column's other values are (naive UTC; on SQLite, text in one format).
+    """
+    if conn.dialect.name == "postgresql":
+        value = conn.execute(select(func.clock_timestamp())).scalar_one()
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+    if conn.dialect.name == "sqlite":
+        text = conn.execute(select(func.strftime("%Y-%m-%d %H:%M:%f", "now"))).scalar_one()
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    value = conn.execute(select(func.current_timestamp())).scalar_one()
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def claim(conn: Connection, now: datetime, lease: timedelta, limit: int) -> list[Claimed]:
-    """Lease up to ``limit`` due rows: expired leases of crashed workers first, then pending.
+    """Lease up to ``limit`` rows due at ``now``: expired leases of crashed workers first, then
+    pending. Each lease runs for ``lease`` from the database's current time.
 
     One ``WITH due AS (SELECT … FOR UPDATE SKIP LOCKED) UPDATE … RETURNING`` per kind: on
     PostgreSQL concurrent claimers skip each other's rows; on SQLite the write lock serialises
     them and the repeated condition keeps the claim conditional.
     """
+    held_until = database_now(conn)
     expired = and_(
-        outbox.c.status == OutboxStatus.IN_FLIGHT.value, outbox.c.lease_expires_at <= now
+        outbox.c.status == OutboxStatus.IN_FLIGHT.value, outbox.c.lease_expires_at <= held_until
     )
     pending = and_(outbox.c.status == OutboxStatus.PENDING.value, outbox.c.next_attempt_at <= now)
-    claimed = _claim_where(conn, expired, outbox.c.lease_expires_at, now, lease, limit)
+    expiry = held_until + lease
+    claimed = _claim_where(conn, expired, outbox.c.lease_expires_at, expiry, limit)
     if len(claimed) < limit:
         claimed += _claim_where(
-            conn, pending, outbox.c.next_attempt_at, now, lease, limit - len(claimed)
+            conn, pending, outbox.c.next_attempt_at, expiry, limit - len(claimed)
         )
     return claimed
+
+
+def renew(conn: Connection, claimed: Claimed, lease: timedelta) -> datetime | None:
+    """Extend this worker's lease to ``lease`` from the database's current time, right before
+    a send; the new expiry, or None if another worker took the row over meanwhile."""
+    stmt = (
+        update(outbox)
+        .where(
+            outbox.c.id == claimed.id,
+            outbox.c.lease_token == claimed.token,
+            outbox.c.status == OutboxStatus.IN_FLIGHT.value,
+        )
+        .values(lease_expires_at=database_now(conn) + lease)
+        .returning(outbox.c.lease_expires_at)
+    )
+    expiry: datetime | None = conn.execute(stmt).scalar_one_or_none()
+    return expiry
 
 
 def _claim_where(
     conn: Connection,
     condition: ColumnElement[bool],
     order: Any,
-    now: datetime,
-    lease: timedelta,
+    expiry: datetime,
     limit: int,
 ) -> list[Claimed]:
     token = str(uuid.uuid4())
@@ -123,9 +164,7 @@ def _claim_where(
     stmt = (
         update(outbox)
         .where(outbox.c.id == candidates.c.id, condition)
-        .values(
-            status=OutboxStatus.IN_FLIGHT.value, lease_token=token, lease_expires_at=now + lease
-        )
+        .values(status=OutboxStatus.IN_FLIGHT.value, lease_token=token, lease_expires_at=expiry)
         .returning(*_CLAIMED_COLUMNS)
     )
     return [

@@ -1,7 +1,8 @@
 """Delivery pause shared by every process: set on 401/403, so a bad key spends no attempts.
 
-While paused, no worker claims anything. When the pause ends, one event is sent as a probe;
-its success clears the pause, another 401 renews it.
+While paused, no worker claims anything. When the pause ends, the key is checked without any
+event: a good key clears the pause, a refused one renews it. Without a verdict from that check,
+one event is sent as a probe; its success clears the pause, another 401 renews it.
 """
 
 from __future__ import annotations

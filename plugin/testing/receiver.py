@@ -2,8 +2,10 @@
 
 Tests and the demo need a real HTTP peer: :class:`Receiver` answers ``POST /api/v1/event``,
 ``POST /api/v2/event`` and ``POST /api/v1/orders`` with the platform's rules (HTTP Basic auth with
-the API key as password, the body checks of ``API-NOTES.md``), records everything it receives,
-can be scripted to fail, slow down or hang, and shows an *Event history* page at ``/``.
+the API key as password, the body checks of ``API-NOTES.md``) and ``GET /api/v1/account/info``
+(200 for a good key, 401 otherwise), records everything it receives, can be scripted to fail,
+slow down, hang, trickle or flood an answer, or refuse chosen events, and shows an *Event
+history* page at ``/``.
 
 It checks bodies with its own code, not with the plugin's validation, so that a mistake in the
 plugin's checks is caught here instead of being mirrored.
@@ -21,7 +23,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -47,14 +49,19 @@ class Reply:
     """A scripted answer, used instead of the normal handling for one request.
 
     ``delay`` is how many seconds the handler waits before answering (``stop()`` cuts it short).
-    A scripted 2xx to an event path counts as accepted: the event is recorded in
-    :attr:`Receiver.events` when its body is JSON, as the platform would after a slow success.
+    ``trickle`` sends the body one byte at a time, this many seconds apart, after the status and
+    headers; ``size`` replaces the body by that many bytes, made as they are sent (a huge answer
+    without holding it). A scripted 2xx to an event path counts as accepted: the event is
+    recorded in :attr:`Receiver.events` when its body is JSON, as the platform would after a
+    slow success.
     """
 
     status: int = 500
     body: str = "oops"
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     delay: float = 0.0
+    trickle: float = 0.0
+    size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +132,7 @@ class Receiver:
         self._held = False
         self._arrived = 0
         self._script: collections.deque[Reply] = collections.deque()
+        self._rules: list[tuple[Callable[[Any], bool], Reply]] = []
         self._requests: list[Received] = []
         self._accepted: list[_Accepted] = []
         self._orders: list[dict[str, Any]] = []
@@ -212,6 +220,12 @@ class Receiver:
         with self._lock:
             self._script.extend(responses)
 
+    def rule(self, match: Callable[[Any], bool], reply: Reply) -> None:
+        """Answer ``reply`` to every request whose JSON body ``match`` accepts, until
+        :meth:`clear` (after scripted answers, before auth and validation)."""
+        with self._lock:
+            self._rules.append((match, reply))
+
     def hold(self) -> None:
         """Make new and waiting requests block until :meth:`release` (at most 30 s each)."""
         with self._cond:
@@ -235,6 +249,7 @@ class Receiver:
             self._accepted.clear()
             self._orders.clear()
             self._script.clear()
+            self._rules.clear()
             self._arrived = 0
             self._tokens_at = None
 
@@ -312,6 +327,10 @@ class Receiver:
         def orders() -> Response:
             return self._handle("orders")
 
+        @app.get("/api/v1/account/info")
+        def account_info() -> Response:
+            return self._handle("account")
+
         @app.route("/api/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
         def unknown(rest: str) -> Response:
             return self._handle(None)
@@ -351,6 +370,8 @@ class Receiver:
         parsed = _parse_json(raw)
         with self._lock:
             scripted = self._script.popleft() if self._script else None
+            if scripted is None:
+                scripted = next((reply for match, reply in self._rules if match(parsed)), None)
 
         accepted: _Accepted | None = None
         if self._stopping.is_set():
@@ -361,6 +382,16 @@ class Receiver:
             status, text, headers = scripted.status, scripted.body, dict(scripted.headers)
             if 200 <= status < 300 and kind in {"v1", "v2"} and isinstance(parsed, dict):
                 accepted = _Accepted(self._clock(), kind, parsed)
+            if scripted.trickle > 0 or scripted.size > 0:
+                return self._streamed(raw, parsed, arrived, scripted, accepted)
+        elif kind == "account":
+            headers = {}
+            try:
+                self._check_auth()
+                status, text = 200, json.dumps({"userName": "shop", "organisation": "Test shop"})
+            except _Refused as refused:
+                status, text = refused.status, str(refused)
+                headers["WWW-Authenticate"] = 'Basic realm="api"'
         elif kind is None:
             status, text, headers = 404, f"no such method: {request.method} {request.path}", {}
         elif kind not in {"v1", "v2", "orders"}:
@@ -412,6 +443,36 @@ class Receiver:
         if accepted is not None and self._on_event is not None:
             self._on_event(accepted.body)
         return Response(text, status=status, headers=headers, mimetype="text/plain")
+
+    def _streamed(
+        self,
+        raw: bytes,
+        parsed: Any,
+        arrived: datetime,
+        reply: Reply,
+        accepted: _Accepted | None,
+    ) -> Response:
+        """A scripted answer whose body is made while it is sent: trickled, or huge."""
+        stopping = self._stopping
+        body = reply.body.encode("utf-8")
+        size = reply.size or len(body)
+
+        def chunks() -> Iterator[bytes]:
+            if reply.trickle > 0:
+                for i in range(size):
+                    yield body[i : i + 1] if i < len(body) else b"x"
+                    if stopping.wait(reply.trickle):
+                        return
+                return
+            block = b"x" * 65536
+            left = size
+            while left > 0 and not stopping.is_set():
+                yield block[: min(left, len(block))]
+                left -= len(block)
+
+        self._record(raw, parsed, arrived, reply.status, f"<{size} bytes>", {}, accepted)
+        headers = {**reply.headers, "Content-Length": str(size)}
+        return Response(chunks(), status=reply.status, headers=headers, mimetype="text/plain")
 
     def _take_token(self) -> bool:
         """One token of the rate limit's bucket (call with the lock held); False when empty."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from shop_events import Item, Settings, Tracker
+from shop_events.storage.enums import Subject
 from shop_events.storage.tables import carts, outbox
 from sqlalchemy import event, func, select
 
@@ -133,3 +135,38 @@ def test_disabled_flow_scans_nothing(make_settings: SettingsFactory) -> None:
     writer.migrate()
     writer.cart_updated("c", email="c@example.com", items=[Item(name="A", price=1)])
     assert Tracker(settings, clock=lambda: NOW).scan().abandoned == 0
+
+
+def test_a_cart_whose_event_cannot_be_built_is_suppressed_and_the_scan_goes_on(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Accepted at capture, too big for ``api.max_event_bytes`` at scan time: that cart is
+    suppressed as ``unbuildable`` (the error logged, the count on the health page) and every
+    other due cart is still abandoned, in this scan and the next."""
+    settings = make_settings(api={"max_event_bytes": 1024})
+    old = Tracker(settings, clock=lambda: NOW - timedelta(hours=2))
+    long_url = "https://shop.example/cart/" + "x" * 1100
+    old.cart_updated(
+        "too-big", email="big@example.com", items=[Item(name="A", price=1)], restore_url=long_url
+    )
+    for i in range(3):
+        old.cart_updated(f"fine-{i}", email=f"f{i}@example.com", items=[Item(name="A", price=1)])
+    scanner = Tracker(settings, clock=lambda: NOW)
+
+    with caplog.at_level(logging.ERROR, logger="shop_events.abandonment.scanner"):
+        result = scanner.scan()
+
+    assert (result.abandoned, result.suppressed, result.unbuildable) == (3, 1, 1)
+    with scanner.engine.connect() as conn:
+        rows = {r.cart_id: (r.state, r.skip_reason) for r in conn.execute(select(carts))}
+        queued = set(conn.execute(select(outbox.c.subject_id)).scalars())
+    assert rows["too-big"] == ("suppressed", "unbuildable")
+    assert queued == {"fine-0", "fine-1", "fine-2"}
+    assert "'too-big'" in caplog.text and "over 1024 bytes" in caplog.text
+    assert scanner.health().suppressed == {Subject.CART: {"unbuildable": 1}}
+
+    later = Tracker(settings, clock=lambda: NOW - timedelta(minutes=61))
+    later.cart_updated("fine-later", email="l@example.com", items=[Item(name="A", price=1)])
+    assert scanner.scan().abandoned == 1
+    for made in (old, scanner, later):
+        made.engine.dispose()

@@ -6,6 +6,7 @@ Time is moved with freezegun; the receiver is a real HTTP server on 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from shop_events import Item, Tracker
 from shop_events.storage.enums import OutboxStatus
 from shop_events.storage.tables import carts, outbox
 from shop_events.testing import Receiver, Reply
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.support import API_KEY, DATA, SettingsFactory
 
@@ -243,10 +244,11 @@ def test_401_pauses_without_spending_attempts_until_the_key_is_fixed(
     assert bad.dispatch().paused  # no request while paused
     assert len(receiver.requests) == requests_so_far
 
-    clock.tick(timedelta(minutes=1, seconds=1))  # the pause ends: one probe, still 401
+    clock.tick(timedelta(minutes=1, seconds=1))  # the pause ends: the key is checked, 401
     probe = bad.dispatch()
-    assert probe.claimed == 1 and probe.sent == 0
-    assert len(receiver.requests) == requests_so_far + 1
+    assert probe.paused and probe.claimed == 0
+    [check] = receiver.requests[requests_so_far:]
+    assert (check.method, check.path, check.status) == ("GET", "/api/v1/account/info", 401)
     assert all(r.attempts == 0 for r in rows(bad))
 
     fixed = Tracker(make_settings())  # the operator sets the right key and restarts
@@ -367,11 +369,39 @@ def test_expired_lease_is_taken_over_and_the_old_holder_cannot_settle(
     with tracker.engine.begin() as conn:
         [crashed] = ob.claim(conn, datetime.now(UTC), lease, 10)  # a worker that then dies
     assert tracker.dispatch().claimed == 0
-    clock.tick(lease)
+    clock.tick(lease * 10)  # the plugin's clock does not expire a lease: the database's does
+    assert tracker.dispatch().claimed == 0
+    with tracker.engine.begin() as conn:  # as if the database's clock had moved by the lease
+        conn.execute(update(outbox).values(lease_expires_at=ob.database_now(conn)))
     assert tracker.dispatch().sent == 1
     with tracker.engine.begin() as conn:
         assert not ob.settle(conn, crashed, OutboxStatus.DEAD, last_error="late")
+        assert ob.renew(conn, crashed, lease) is None
     assert [r.status for r in rows(tracker)] == ["sent"]
+
+
+def test_a_lease_is_renewed_by_its_holder_only_from_the_databases_clock(
+    tracker: Tracker, clock: FrozenDateTimeFactory
+) -> None:
+    from shop_events.storage import outbox as ob
+
+    abandon(tracker)
+    clock.tick(timedelta(hours=1))
+    tracker.scan()
+    lease = timedelta(seconds=30)
+    with tracker.engine.begin() as conn:
+        before = ob.database_now(conn)
+        [held] = ob.claim(conn, datetime.now(UTC), lease, 10)
+    with tracker.engine.begin() as conn:
+        expiry = ob.renew(conn, held, lease)
+        after = ob.database_now(conn)
+        stranger = dataclasses.replace(held, token="not-the-holder")
+        assert ob.renew(conn, stranger, lease) is None
+    assert expiry is not None
+    # the database's time, not the frozen clock's (days apart): like with like on each engine
+    assert before + lease <= expiry <= after + lease
+    [row] = rows(tracker)
+    assert row.lease_expires_at == expiry
 
 
 def test_shutdown_releases_claimed_rows_unsent(

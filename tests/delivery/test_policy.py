@@ -256,9 +256,45 @@ def test_backoff_is_capped_at_backoff_max(attempts: int) -> None:
     assert backoff(SETTINGS, attempts, rng=Edge(high=True)) == cap
 
 
-def test_retry_after_beyond_the_cap_is_still_honoured() -> None:
+def test_retry_after_beyond_the_cap_waits_backoff_max() -> None:
     wait = SETTINGS.backoff_max + timedelta(hours=1)
-    assert backoff(SETTINGS, 30, wait, random.Random(3)) == wait
+    assert backoff(SETTINGS, 1, wait, Edge(high=False)) == SETTINGS.backoff_max
+
+
+@pytest.mark.parametrize("wait", [timedelta(hours=48), timedelta(days=3650)])
+def test_a_retry_after_past_give_up_after_is_dead_with_the_reason(wait: timedelta) -> None:
+    result = Result(429, "slow down", retry_after=wait)
+    decision = decide(result, Row(), SETTINGS, NOW, random.Random(1))
+    assert isinstance(decision, Dead)
+    assert decision.attempts == 1
+    assert "Retry-After" in decision.error and "give_up_after" in decision.error
+    assert decision.error.endswith("HTTP 429: slow down")
+
+
+def test_a_retry_after_within_give_up_after_waits_at_most_backoff_max() -> None:
+    result = Result(503, "", retry_after=timedelta(hours=5))
+    decision = decide(result, Row(), SETTINGS, NOW, Edge(high=True))
+    assert isinstance(decision, Retry)
+    assert decision.at == NOW + SETTINGS.backoff_max
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_refusal_with_a_key_found_valid_is_dead_with_the_platforms_text(
+    status: int,
+) -> None:
+    result = Result(status, "Forbidden: not your contact", key_valid=True)
+    decision = decide(result, Row(attempts=2), SETTINGS, NOW)
+    assert isinstance(decision, Dead)
+    assert decision.attempts == 3
+    assert decision.status == status
+    assert decision.error.startswith(f"HTTP {status}: Forbidden: not your contact")
+    assert "key is valid" in decision.error
+
+
+@pytest.mark.parametrize("key_valid", [False, None])
+def test_auth_refusal_without_a_good_key_check_pauses(key_valid: bool | None) -> None:
+    result = Result(401, "wrong key", key_valid=key_valid)
+    assert isinstance(decide(result, Row(), SETTINGS, NOW), Pause)
 
 
 # ------------------------------------------------------------------------------ gives_up

@@ -7,16 +7,24 @@ import json
 import os
 import select
 import socket
+import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 from shop_events.config import ApiSettings, Settings
-from shop_events.delivery.policy import Outcome, classify
-from shop_events.delivery.transport import RateLimiter, Transport, parse_retry_after
+from shop_events.delivery.policy import Outcome, Result, classify, key_verdict
+from shop_events.delivery.transport import (
+    ERROR_TEXT_MAX,
+    RETRY_AFTER_MAX,
+    RateLimiter,
+    Transport,
+    parse_retry_after,
+)
+from shop_events.errors import ConfigError
 from shop_events.testing import Receiver, Reply
 
 from tests.support import VirtualTime
@@ -316,3 +324,131 @@ def test_session_is_rebuilt_after_fork(transport: Transport) -> None:
     assert report["stable"] is True
     assert report["auth_kept"] is True
     assert transport.session() is parent_session  # the parent's is untouched
+
+
+# ------------------------------------------------------------------------------ hostile answers
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "99999999999999999999",
+        "9999999999999",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Sat, 01 Jan 99999 00:00:00 GMT",
+    ],
+)
+def test_an_absurd_retry_after_is_read_as_very_long_and_never_raises(header: str) -> None:
+    wait = parse_retry_after(header, NOW)
+    assert wait == RETRY_AFTER_MAX or header.endswith("99999 00:00:00 GMT")
+    assert wait is None or NOW + wait < datetime.max.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("header", ["²", "1²", "١٢", "12 s", "-5", "+5", "1e3", "0x10"])
+def test_retry_after_in_anything_but_ascii_digits_is_unreadable(header: str) -> None:
+    assert parse_retry_after(header, NOW) is None
+
+
+def run_bounded(send: Callable[[], Result], bound: float) -> Result | None:
+    """``send()`` on a thread; its result, or None if it was still running after ``bound`` s."""
+    results: list[Result] = []
+    thread = threading.Thread(target=lambda: results.append(send()), daemon=True)
+    thread.start()
+    thread.join(bound)
+    return results[0] if results else None
+
+
+def test_an_answer_that_trickles_is_cut_at_the_request_deadline(receiver: Receiver) -> None:
+    # one byte every 0.2 s for 1,000 bytes: 200 s; the deadline is timeout + connect_timeout
+    receiver.script(Reply(200, "accepted " * 200, trickle=0.2, size=1000))
+    transport = Transport(api_for(receiver, timeout="1s", connect_timeout="1s"))
+    try:
+        result = run_bounded(lambda: transport.send("v1/event", BODY), bound=2 + 5)
+    finally:
+        receiver.stop()  # ends the trickle
+        transport.close()
+    assert result is not None, "the send outlived its deadline"
+    assert result.status == 200  # the status came in time; the text is what arrived by then
+    assert classify(result.status) is Outcome.SENT
+    assert 0 < len(result.text) < 1000
+
+
+def test_a_status_line_that_never_comes_is_a_timeout(receiver: Receiver) -> None:
+    receiver.hold()
+    transport = Transport(api_for(receiver, timeout="1s", connect_timeout="1s"))
+    try:
+        result = run_bounded(lambda: transport.send("v1/event", BODY), bound=2 + 5)
+    finally:
+        receiver.release()
+        transport.close()
+    assert result is not None, "the send outlived its deadline"
+    assert result.status is None
+    assert classify(result.status) is Outcome.RETRY
+
+
+GROWTH_SCRIPT = """
+import resource, sys
+from shop_events.config import Settings
+from shop_events.delivery.transport import Transport
+api = Settings.load({"api": {"base_url": sys.argv[1], "key": sys.argv[2]}}).api
+transport = Transport(api)
+transport.send("v1/event", b"{}")  # warm: the session, the connection pool, the imports
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = transport.send("v1/event", b"{}")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+again = transport.send("v1/event", b"{}")
+print(result.status, len(result.text), after - before, again.status)
+"""
+
+
+def test_a_huge_answer_is_read_only_as_far_as_its_first_kilobytes(receiver: Receiver) -> None:
+    size = 64 * 1024 * 1024
+    receiver.script(Reply(400, "warm"), Reply(400, "", size=size), Reply(200, ""))
+    # a process of its own, so its peak memory is the sending side's alone
+    done = subprocess.run(
+        [sys.executable, "-c", GROWTH_SCRIPT, receiver.base_url, receiver.api_key or ""],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    status, length, growth_kib, again = (int(v) for v in done.stdout.split())
+    assert status == 400
+    assert length <= ERROR_TEXT_MAX
+    assert growth_kib < 8 * 1024, f"{growth_kib >> 10} MiB more for a {size >> 20} MiB answer"
+    assert again == 200  # the flooded connection was dropped, not drained: the next one works
+
+
+def test_the_key_check_asks_the_account_and_sends_no_event(receiver: Receiver) -> None:
+    good = Transport(api_for(receiver))
+    bad = Transport(api_for(receiver, key="wrong"))
+    try:
+        assert key_verdict(good.check_key()) is True
+        assert key_verdict(bad.check_key()) is False
+    finally:
+        good.close()
+        bad.close()
+    assert [(r.method, r.path) for r in receiver.requests] == [
+        ("GET", "/api/v1/account/info"),
+        ("GET", "/api/v1/account/info"),
+    ]
+    assert receiver.events == []
+
+
+def test_a_key_check_that_gets_no_verdict_is_none(receiver: Receiver) -> None:
+    receiver.script(Reply(503, "maintenance"))
+    transport = Transport(api_for(receiver))
+    unset = Transport(api_for(receiver, key_check_path=""))
+    try:
+        assert key_verdict(transport.check_key()) is None
+        assert unset.check_key() is None
+    finally:
+        transport.close()
+        unset.close()
+    assert len(receiver.requests) == 1
+
+
+@pytest.mark.parametrize("path", ["https://elsewhere.example/info", "../../admin", "v1/a b"])
+def test_a_key_check_path_must_stay_under_base_url(path: str) -> None:
+    with pytest.raises(ConfigError, match=r"^api\.key_check_path: must be a path under base_url"):
+        Settings.load({"api": {"key_check_path": path}})

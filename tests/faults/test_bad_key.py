@@ -1,4 +1,6 @@
 """Bad key: the platform answers 401. Delivery pauses, spending no attempts, and says so.
+And a good key refused for one event (a 403 about that event's contents): the key check
+finds the key good, that event is dead with the platform's text, and delivery goes on.
 
 In-process dispatch passes with the clock moved by freezegun, and the real ``shop-events``
 commands (``status --json``, ``resume``) run through click's test runner on the same database:
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,15 +26,17 @@ from freezegun.api import FrozenDateTimeFactory
 from shop_events import Settings, Tracker
 from shop_events.cli import cli
 from shop_events.storage.enums import OutboxStatus
-from shop_events.testing import Receiver
+from shop_events.testing import Receiver, Reply
 
 from tests.support import (
     API_KEY,
+    Workers,
     add_events,
     base_sections,
     engine_name,
     figures,
     outbox_rows,
+    wait_until,
     write_config,
 )
 
@@ -137,3 +142,50 @@ def test_401_pauses_with_one_line_per_interval_spends_nothing_and_resumes_when_f
     assert {(r.status, r.attempts) for r in rows} == {(OutboxStatus.SENT.value, 1)}
     assert result.lost == 0 and result.delivered_twice == 0
     assert result.requests == EVENTS + result.extra["answered_401"]
+
+
+REFUSAL = "Forbidden: the contact belongs to another organisation"
+LATER_EVENTS = 5
+DELIVERY_TIMEOUT = 30.0
+
+
+def test_a_403_for_one_event_with_a_good_key_dead_letters_it_and_delivery_goes_on(
+    tmp_path: Path, receiver: Receiver, database_url: str, workers: Workers
+) -> None:
+    sections = base_sections(receiver, database_url)
+    sections["delivery"] = {"threads": 2}
+    config = write_config(tmp_path / "shop.toml", sections)
+    shop = Tracker(Settings.from_file(config, env={}).override(scheduler={"enabled": False}))
+    shop.migrate()
+    add_events(shop, EVENTS)
+    refused = "event-0"
+    receiver.rule(
+        lambda body: isinstance(body, dict) and Receiver.params(body).get("event_id") == refused,
+        Reply(403, REFUSAL),
+    )
+
+    worker = workers.start(config)
+    first = wait_until(lambda: len(receiver.events) == EVENTS - 1, DELIVERY_TIMEOUT)
+    add_events(shop, LATER_EVENTS, prefix="later")  # queued after the refusal
+    later = wait_until(lambda: len(receiver.events) == EVENTS - 1 + LATER_EVENTS, DELIVERY_TIMEOUT)
+    code, _ = worker.terminate()
+    rows = outbox_rows(shop.engine)
+    report = status(config)
+    shop.engine.dispose()
+
+    result = figures(rows, receiver)
+    result.extra.update(
+        answered_403=sum(r.status == 403 for r in receiver.requests),
+        key_checks=sum(r.path == "/api/v1/account/info" for r in receiver.requests),
+        statuses=dict(Counter(r.status for r in rows)),
+    )
+    result.show(f"403 for one event, {engine_name(database_url)}")
+
+    assert first and later, f"statuses {result.extra['statuses']}\n{workers.outputs()}"
+    assert code == 0, workers.outputs()
+    assert report["paused"] is False
+    [dead] = [r for r in rows if r.status == OutboxStatus.DEAD.value]
+    assert refused in dead.body
+    assert REFUSAL in dead.last_error and dead.response_status == 403
+    assert result.extra["statuses"] == {"sent": EVENTS - 1 + LATER_EVENTS, "dead": 1}
+    assert result.extra["answered_403"] == 1 and result.extra["key_checks"] == 1

@@ -1,9 +1,13 @@
-"""Crash: ``kill -9`` a worker while the receiver holds its requests open.
+"""Crash: ``kill -9`` a worker while the receiver holds its requests open, or while it sends
+to a fast receiver.
 
 The killed worker's rows stay ``in_flight`` until their lease expires; then a second worker
 takes them over and delivers them. Nothing is lost. Requests the killed worker had on the wire
 may have reached the platform, so those events can arrive twice: never more of them than were
-on the wire at the kill, and the test reports how many did.
+on the wire at the kill, and the test reports how many did. With a fast receiver and a
+database slower to record than the receiver is to answer, sends that finished but were not
+recorded yet go again too: no send starts while more than ``delivery.threads`` finished ones
+wait to be recorded, so a crash re-sends at most two threads' worth.
 
 The lease is as short as the settings allow (it must exceed twice timeout + connect timeout),
 so waiting for it is a few seconds of real time between real processes.
@@ -16,11 +20,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from shop_events import Settings, Tracker
 from shop_events.storage.enums import OutboxStatus
 from shop_events.storage.tables import outbox
 from shop_events.testing import Receiver
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from tests.support import (
     Workers,
@@ -110,3 +115,61 @@ def test_killed_worker_loses_nothing_and_duplicates_at_most_what_was_on_the_wire
     ]
     assert len(retries) == len(stranded)
     assert all(r.arrived is not None and r.arrived >= expiry for r in retries)
+
+
+FAST_WORKERS = 3
+FAST_EVENTS = 600
+FAST_KILL_AFTER = 150
+SLOW_SETTLE = 0.01
+"""Seconds the database spends on each row it records as sent: a loaded database, slower to
+record than the receiver is to answer, so finished sends queue up for recording."""
+
+
+@pytest.mark.postgres
+def test_killed_worker_sending_to_a_fast_receiver_duplicates_at_most_two_threads_worth(
+    tmp_path: Path, pg_url: str, receiver: Receiver, workers: Workers
+) -> None:
+    sections = base_sections(receiver, pg_url)
+    sections["api"].update(timeout="2s", connect_timeout="1s")
+    sections["delivery"] = {"threads": THREADS, "lease": f"{LEASE:g}s"}
+    config = write_config(tmp_path / "shop.toml", sections)
+    shop = Tracker(Settings.from_file(config, env={}).override(scheduler={"enabled": False}))
+    shop.migrate()
+    add_events(shop, FAST_EVENTS)
+    with shop.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION slow_settle() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN PERFORM pg_sleep({SLOW_SETTLE}); RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER slow_settle BEFORE UPDATE ON shop_events_outbox FOR EACH ROW "
+                "WHEN (NEW.status = 'sent') EXECUTE FUNCTION slow_settle()"
+            )
+        )
+
+    running = [workers.start(config, f"worker{i}") for i in range(FAST_WORKERS)]
+    busy = receiver.wait_for_arrivals(FAST_KILL_AFTER, timeout=START_TIMEOUT)
+    victim = running[0]
+    victim.kill()
+    delivered = wait_until(
+        lambda: status_counts(shop.engine)[OutboxStatus.SENT.value] == FAST_EVENTS,
+        TAKEOVER_TIMEOUT + 20.0,
+    )
+    stopped = [worker.terminate() for worker in running if worker is not victim]
+    rows = outbox_rows(shop.engine)
+    shop.engine.dispose()
+
+    result = figures(rows, receiver)
+    result.extra.update(workers=FAST_WORKERS, threads=THREADS)
+    result.show("crash with a fast receiver and a slow database, postgresql")
+
+    assert busy, f"only {receiver.arrived} requests arrived\n{workers.outputs()}"
+    assert delivered, f"statuses {status_counts(shop.engine)}\n{workers.outputs()}"
+    assert all(code == 0 for code, _ in stopped), workers.outputs()
+    assert result.lost == 0
+    assert result.delivered == FAST_EVENTS
+    # what a crash re-sends: the sends on the wire plus finished ones not yet recorded
+    assert result.delivered_twice <= 2 * THREADS

@@ -67,13 +67,13 @@ def run_child(shop: Tracker, parent_session: object, go: int, report_to: int) ->
         "threads_after_fork": [t.name for t in threading.enumerate()],
     }
     senders: list[str] = []
-    send = shop.transport.send
+    send = shop.transport.post
 
     def recording_send(*args: Any, **kwargs: Any) -> Any:
         senders.append(threading.current_thread().name)
         return send(*args, **kwargs)
 
-    shop.transport.send = recording_send  # type: ignore[method-assign]
+    shop.transport.post = recording_send  # type: ignore[method-assign]
     add_events(shop, CHILD_EVENTS, "child")  # a capture: it starts this process's scheduler
     report["running_after_capture"] = shop.scheduler.running
     report["delivered"] = wait_until(lambda: sent_with_prefix(shop, "child") == CHILD_EVENTS, WAIT)

@@ -27,7 +27,7 @@ from shop_events.capture.browse import BrowseHooks
 from shop_events.capture.carts import CartHooks
 from shop_events.capture.orders import OrderHooks
 from shop_events.payload.orders_api import ORDERS_API_PATH
-from shop_events.payload.validation import FORBIDDEN_KEY_CHARS
+from shop_events.payload.validation import FORBIDDEN_KEY_CHARS, quoted
 from shop_events.storage.tables import metadata, outbox
 from sqlalchemy import delete, func, select
 
@@ -336,15 +336,44 @@ RESERVED = {"self", "email", "user_agent", "session", "connection", "reset_url"}
 KNOWN_EMAILS = [ANN, "Bob@Example.COM", "shopper@merchant-test.example", "x@y.io"]
 KNOWN_IDS = ["cart-1", "order-1", "v-1", "order-2", "a" * 255]
 
-text = st.text(max_size=30)
+# Hostile values, drawn for every argument of every hook: text with a lone surrogate (not
+# encodable as UTF-8), lists nested far deeper than any event, whole numbers beyond the 4300
+# digits Python writes out, and exponents that would expand to gigabytes of digits.
+surrogate_text = st.builds(
+    lambda head, char, tail: head + char + tail,
+    st.text(max_size=8),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    st.text(max_size=8),
+)
+huge_ints = st.sampled_from([5000, -5000, 4301, 300]).map(  # digits; built here, since a
+    lambda digits: 10 ** abs(digits) * (1 if digits > 0 else -1) + 7  # repr() refuses them
+)
+huge_exponents = st.sampled_from(
+    ["1e999999999", "-1E+999999999", "1e-999999999", Decimal("1e999999999"), "9" * 5000]
+)
+
+
+def _nest(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value] if depth % 2 else {"k": value}
+    return value
+
+
+deep = st.integers(min_value=33, max_value=2000).map(_nest)
+hostile = st.one_of(surrogate_text, huge_ints, huge_exponents, deep)
+
+text = st.one_of(st.text(max_size=30), surrogate_text)
 long_text = st.text(min_size=90, max_size=320)
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.decimals(), text)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.decimals(), text, huge_ints
+)
 json_like = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
     max_leaves=6,
 )
-anything = st.one_of(json_like, st.dates(), st.datetimes(), long_text)
+anything = st.one_of(json_like, st.dates(), st.datetimes(), long_text, hostile)
 """Any value at all: what a wrong argument might be."""
 
 # Plausible values (most pass, some are edge cases); one argument of a call may be replaced
@@ -356,10 +385,13 @@ prices = st.one_of(
     st.integers(min_value=0).map(str),
     st.integers(min_value=0, max_value=10**6).map(lambda n: f"{n / 100:.2f}"),
     st.sampled_from(["1e400", "0.000000001", "1E+3"]),
+    huge_ints.filter(lambda n: n > 0),
+    huge_exponents,
 )
 urls = st.one_of(
     st.builds(lambda p: f"https://shop.example/{p}", st.text("abc/-_.?=&%123", max_size=30)),
     st.sampled_from(["http://x.io/a?b=c", "ftp://x.io/", "/relative", "https://", "https://a b"]),
+    surrogate_text.map(lambda t: f"https://shop.example/{t}"),
 )
 items = st.builds(
     Item,
@@ -368,29 +400,44 @@ items = st.builds(
     url=st.none() | urls,
     imageurl=st.none() | urls,
     brand=st.none() | text,
-    quantity=st.none() | st.integers(min_value=0, max_value=10**6),
+    quantity=st.none() | st.integers(min_value=0, max_value=10**6) | huge_ints,
     sku=st.none() | text,
-    tags=st.dictionaries(st.text(min_size=1, max_size=20), text | prices, max_size=3),
+    tags=st.dictionaries(
+        st.text(min_size=1, max_size=20) | surrogate_text, text | prices | huge_ints, max_size=3
+    ),
 )
 items_arg = st.lists(items, max_size=4)
-emails = st.one_of(st.sampled_from(KNOWN_EMAILS), st.emails())
-ids = st.one_of(st.sampled_from(KNOWN_IDS), st.text(min_size=1, max_size=40), st.integers())
+emails = st.one_of(
+    st.sampled_from(KNOWN_EMAILS), st.emails(), surrogate_text.map(lambda t: f"a{t}@example.com")
+)
+ids = st.one_of(
+    st.sampled_from(KNOWN_IDS),
+    st.text(min_size=1, max_size=40),
+    st.integers(),
+    surrogate_text,
+    huge_ints,
+)
 agents = st.one_of(st.none(), text, st.sampled_from(["Googlebot/2.1", "Mozilla/5.0 Safari"]))
 statuses = st.one_of(
     st.sampled_from(["DELIVERED", "cancelled", "shipped", "ß" * 40, "S" * 65]),
     st.text(min_size=1, max_size=20),
+    surrogate_text,
 )
 param_names = st.one_of(
-    st.text(min_size=1, max_size=20), st.sampled_from(["items", "order_id", "a" * 101])
+    st.text(min_size=1, max_size=20),
+    st.sampled_from(["items", "order_id", "a" * 101]),
+    surrogate_text,
 ).filter(lambda n: n not in RESERVED)
-param_values = st.one_of(text, st.integers(), prices, json_like, long_text)
+param_values = st.one_of(text, st.integers(), prices, json_like, long_text, hostile)
 kwarg_params = st.dictionaries(param_names, param_values, max_size=4)
 field_ids = st.one_of(
     st.sampled_from([10001, 10002, 10003, 10004, "10001", 99999, "abc", True, "²", "١٠٠٠١"]),
     st.integers(),
     text,
+    huge_ints,
 )
 field_values = st.one_of(
+    hostile,
     st.dates(),
     st.dates().map(str),
     st.integers(),
@@ -659,11 +706,15 @@ def test_every_capture_method_stores_valid_events_or_raises_validation_error(
         except ValidationError as exc:
             hypothesis.event(f"{name}: refused")
             assert exc.field and exc.rule, exc
+            message = str(exc)
+            message.encode("utf-8")  # no lone surrogate copied into the message
+            assert len(message) <= 300, message  # at most ~80 characters of any value
             assert snapshot(tracker) == before, f"{name} half-wrote rows before refusing"
             continue
         except Exception as exc:  # the point: nothing but ValidationError
             raise AssertionError(
-                f"{name}(*{args!r}, **{kwargs!r}) raised {exc.__class__.__name__}: {exc}"
+                f"{name}(*{quoted(args, 2000)}, **{quoted(kwargs, 2000)}) raised "
+                f"{exc.__class__.__name__}: {exc}"
             ) from exc
         hypothesis.event(f"{name}: accepted")
         with tracker.engine.connect() as conn:
@@ -676,3 +727,101 @@ def test_every_capture_method_stores_valid_events_or_raises_validation_error(
                 assert row.api_path == api.event_path
                 check_event_body(row.body, api.max_event_bytes, api.version, nested)
         check_deferred_events(tracker, nested)
+
+
+# ------------------------------------------- every argument of every hook, each hostile class
+
+BASELINE: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
+    "cart_updated": (("cart-1",), {"items": [Item(name="A", price=1)], "email": ANN}),
+    "cart_cleared": (("cart-1",), {}),
+    "product_viewed": ((), {"item": Item(name="A", price=1), "visitor_id": "v-1"}),
+    "identify": (("v-1", ANN), {}),
+    "registration_started": ((ANN,), {"params": {"source": "footer"}}),
+    "registration_completed": ((ANN,), {}),
+    "order_placed": (("order-1",), {"email": ANN, "items": [Item(name="A", price=1)]}),
+    "order_status_changed": (("order-1",), {"status": "SHIPPED", "email": ANN}),
+    "logged_in": ((ANN,), {"params": {"device": "ios"}}),
+    "password_changed": ((ANN,), {"params": {"device": "ios"}}),
+    "password_reset_requested": ((ANN,), {"reset_url": "https://shop.example/r"}),
+    "contact_upserted": ((ANN,), {"first_name": "Ann", "fields": {10002: "1", 10003: "t"}}),
+    "opted_out": ((ANN,), {}),
+    "opted_in": ((ANN,), {}),
+    "custom_event": (("wishlist",), {"key_value": ANN, "params": {"p": "v"}}),
+}
+"""One valid call of each hook; each argument in turn is replaced by a hostile value."""
+
+HOSTILE: dict[str, Any] = {
+    "surrogate": "caf\ud800e",
+    "huge int": 10**5000,
+    "huge exponent": "1e999999999",
+    "nested 2000": _nest(2000),
+}
+
+
+def _slots(method: str) -> list[str | int]:
+    args, kwargs = BASELINE[method]
+    inner: list[str | int] = []
+    for name, value in kwargs.items():
+        if isinstance(value, dict):  # params and fields: each value, and a key
+            inner += [f"{name}.{key}" for key in value] + [f"{name}.<key>"]
+        elif name == "items" or name == "item":
+            inner += [f"{name}.{field}" for field in ("name", "price", "quantity", "sku", "tags")]
+    return [*range(len(args)), *kwargs, *inner]
+
+
+def _with(method: str, slot: str | int, bad: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args, kwargs = BASELINE[method]
+    values, named = (
+        list(args),
+        {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()},
+    )
+    if isinstance(slot, int):
+        values[slot] = bad
+    elif "." not in slot:
+        named[slot] = bad
+    else:
+        name, key = slot.split(".", 1)
+        if name in ("items", "item"):
+            fields = {"name": "A", "price": 1, key: {"t": bad} if key == "tags" else bad}
+            named[name] = [Item(**fields)] if name == "items" else Item(**fields)
+        elif key == "<key>":
+            named[name][bad if isinstance(bad, str | int) else "x"] = "v"
+        else:
+            named[name][int(key) if name == "fields" else key] = bad
+    return tuple(values), named
+
+
+HOSTILE_CALLS = [
+    (method, slot, kind) for method in BASELINE for slot in _slots(method) for kind in HOSTILE
+]
+
+
+def test_the_hostile_calls_cover_every_capture_method() -> None:
+    assert set(BASELINE) == set(CALLS)
+
+
+@pytest.mark.parametrize(
+    ("method", "slot", "kind"),
+    HOSTILE_CALLS,
+    ids=[f"{method}-{slot}-{kind}" for method, slot, kind in HOSTILE_CALLS],
+)
+def test_a_hostile_value_in_any_argument_is_refused_or_stored_valid(
+    fuzz_tracker: Tracker, method: str, slot: str | int, kind: str
+) -> None:
+    """Lone surrogates, 2,000-deep nesting, 5,000-digit numbers and huge exponents in each
+    argument of each hook: a ValidationError naming a field, or a valid stored event."""
+    tracker = fuzz_tracker
+    args, kwargs = _with(method, slot, HOSTILE[kind])
+    try:
+        getattr(tracker, method)(*args, **kwargs)
+    except ValidationError as exc:
+        assert exc.field and exc.rule
+        assert len(str(exc)) <= 300 and str(exc).encode("utf-8")
+        return
+    api = tracker.settings.api
+    for row in queued(tracker):
+        if row.api_path == ORDERS_API_PATH:
+            check_orders_body(row.body)
+        else:
+            check_event_body(row.body, api.max_event_bytes, api.version, set())
+    check_deferred_events(tracker, set())

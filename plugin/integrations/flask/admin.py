@@ -40,6 +40,9 @@ from .blueprint import blueprint, web_state
 log = logging.getLogger(__name__)
 
 CSRF_KEY = "shop_events_csrf"
+EVENT_ID_MAX = 2**31 - 1
+"""The largest event id: the outbox's id column is an ``Integer`` (32 bits on PostgreSQL), and
+a database refuses to compare it with a larger number."""
 MAX_TEMPLATE_CHARS = 200_000
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -131,13 +134,30 @@ def _parse_time(text: str, field: str) -> datetime:
             return datetime.strptime(text.strip(), layout).replace(tzinfo=UTC)
         except ValueError:
             continue
-    raise ValueError(f"{field}: {text!r} is not a date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM)")
+    raise ValueError(
+        f"{field}: {text[:80]!r} is not a date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM)"
+    )
+
+
+def _event_id(text: str) -> int | None:
+    """An event id from a request, or None when ``text`` cannot be one (not ASCII digits, or
+    beyond what the id column holds: a database would refuse to compare with it)."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    number = int(text)
+    return number if number <= EVENT_ID_MAX else None
 
 
 def _page_args() -> tuple[int | None, int | None]:
     def number(name: str) -> int | None:
-        value = request.args.get(name, "")
-        return int(value) if value.isdigit() else None
+        text = request.args.get(name, "")
+        if not text:
+            return None
+        value = _event_id(text)
+        if value is None:
+            abort(400, f"{name}: must be an event id, a whole number from 0 to {EVENT_ID_MAX}")
+        return value
 
     return number("before"), number("after")
 
@@ -234,6 +254,8 @@ def admin_events() -> str:
 
 
 def _event_row(event_id: int) -> Any:
+    if event_id > EVENT_ID_MAX:  # the route takes any digits; no row has such an id
+        abort(404)
     with web_state().tracker.engine.connect() as conn:
         row = outbox.get(conn, event_id)
     if row is None:
@@ -303,6 +325,8 @@ def admin_preview(event_id: int) -> str:
 def admin_replay_one(event_id: int) -> BaseResponse:
     """Requeue one dead event."""
     tracker = web_state().tracker
+    if event_id > EVENT_ID_MAX:
+        abort(404)
     with tracker.engine.begin() as conn:
         count = outbox.replay(conn, tracker.clock(), ids=[event_id])
     if count:
@@ -347,7 +371,7 @@ def admin_replay() -> BaseResponse:
     """Requeue the selected dead events, or all of them."""
     tracker = web_state().tracker
     replay_all = request.form.get("all") == "1"
-    ids = [int(v) for v in request.form.getlist("id") if v.isdigit()]
+    ids = [i for i in map(_event_id, request.form.getlist("id")) if i is not None]
     if not replay_all and not ids:
         flash("Select the dead events to replay.", "error")
         return redirect(url_for(".admin_dead"))

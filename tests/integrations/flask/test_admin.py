@@ -411,3 +411,59 @@ def test_preview_on_the_event_page(client: FlaskClient, tracker: Tracker) -> Non
     assert 'id="no-problems"' in response.data.decode()
     missing_csrf = client.post(f"{ADMIN}events/{event_id}/preview", data={"template": fixed})
     assert missing_csrf.status_code == 400
+
+
+HUGE_ID = "99999999999999999999"
+"""Beyond a 64-bit integer: SQLite refused to bind it (OverflowError), so the page was a 500."""
+LARGEST_ID = 2**31 - 1
+"""The largest id the outbox's id column holds on every database (PostgreSQL's ``integer``)."""
+
+
+@pytest.mark.parametrize("page_url", [ADMIN, f"{ADMIN}dead"])
+@pytest.mark.parametrize("name", ["before", "after"])
+@pytest.mark.parametrize("value", [HUGE_ID, str(LARGEST_ID + 1), "%C2%B2", "12abc", "-1"])
+def test_a_page_id_that_is_no_event_id_is_a_400_naming_it(
+    client: FlaskClient, tracker: Tracker, page_url: str, name: str, value: str
+) -> None:
+    """Before: 500 for the huge id (OverflowError) and for ``²`` (``isdigit`` said yes, ``int``
+    said no); other junk was silently ignored."""
+    seed_events(tracker)
+    html = page(client, f"{page_url}?{name}={value}", 400)
+    assert f"{name}: must be an event id" in html
+
+
+def test_paging_ids_up_to_the_largest_id_still_work(client: FlaskClient, tracker: Tracker) -> None:
+    made = seed_events(tracker)
+    assert sorted(ids_in(page(client, f"{ADMIN}?before={LARGEST_ID}"))) == sorted(made.values())
+    assert ids_in(page(client, f"{ADMIN}?after={LARGEST_ID}")) == []
+
+
+def test_an_event_id_beyond_any_row_is_a_404(client: FlaskClient, tracker: Tracker) -> None:
+    """Before: 500 (OverflowError binding the id) for the page, the replay and the preview."""
+    seed_events(tracker)
+    page(client, f"{ADMIN}events/{HUGE_ID}", 404)
+    page(client, f"{ADMIN}events/{LARGEST_ID}", 404)
+    token = csrf(page(client, f"{ADMIN}dead"))
+    for action in ("replay", "preview"):
+        response = client.post(
+            f"{ADMIN}events/{HUGE_ID}/{action}", data={"csrf_token": token, "template": "x"}
+        )
+        assert response.status_code == 404, action
+
+
+def test_replay_ignores_ids_that_are_no_event_ids(client: FlaskClient, tracker: Tracker) -> None:
+    """Before: 500 for a huge id or ``²`` among the selected ids."""
+    made = seed_events(tracker)
+    token = csrf(page(client, f"{ADMIN}dead"))
+    response = client.post(
+        f"{ADMIN}dead/replay",
+        data={"csrf_token": token, "id": [HUGE_ID, "²", str(made["bob_wish"])]},
+    )
+    assert response.status_code == 302
+    assert row(tracker, made["bob_wish"]).status == OutboxStatus.PENDING.value
+
+
+def test_a_bad_time_filter_quotes_at_most_80_characters(client: FlaskClient) -> None:
+    html = page(client, f"{ADMIN}?since=" + "x" * 5000)
+    [quoted] = re.findall(r"since: &#39;(x*)&#39; is not a date", html)
+    assert len(quoted) == 80

@@ -27,6 +27,8 @@ from shop_events.storage.tables import browses, outbox
 from sqlalchemy import select, update
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.support import SettingsFactory
+
 pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("SHOP_EVENTS_CHROMIUM", "/usr/bin/chromium")
@@ -110,10 +112,10 @@ class Served:
         self.thread.join(5)
 
 
-def shop(tracker: Tracker) -> Flask:
+def shop(tracker: Tracker, current_email: Callable[[], str | None] | None = None) -> Flask:
     app = Flask("browser-shop")
     app.secret_key = "browser-test-secret"
-    ShopEvents(app, tracker=tracker, admin_access=lambda: True)
+    ShopEvents(app, tracker=tracker, admin_access=lambda: True, current_email=current_email)
 
     @app.get("/img/<color>.svg")
     def image(color: str) -> Response:
@@ -275,13 +277,17 @@ def test_operator_pages_in_a_browser(driver: Any, tracker: Tracker) -> None:
 
 
 def test_tracking_script_reports_a_product_view_and_identifies(
-    driver: Any, tracker: Tracker
+    driver: Any, make_settings: SettingsFactory
 ) -> None:
+    tracker = Tracker(make_settings(web={"shop_hosts": ["127.0.0.1"]}))
+    tracker.migrate()
+    signed_in: list[str | None] = [None]
+
     def stored() -> list[Any]:
         with tracker.engine.connect() as conn:
             return list(conn.execute(select(browses)))
 
-    with Served(shop(tracker)) as served:
+    with Served(shop(tracker, current_email=lambda: signed_in[0])) as served:
         # the default agent says HeadlessChrome: the tracker's bot rules drop it
         driver.get(f"{served.url}/p/0")
         headless = driver.execute_script("return navigator.userAgent")
@@ -302,10 +308,14 @@ def test_tracking_script_reports_a_product_view_and_identifies(
         assert row.visitor_id == cookie["value"] and row.email is None
         assert "se_vid" not in driver.execute_script("return document.cookie")
 
-        recorded = driver.execute_async_script(
-            "window.shopEvents.identify(arguments[0]).then(arguments[1])", "Ann@Example.com"
-        )
-        assert recorded is True
+        identify = "window.shopEvents.identify(arguments[0]).then(arguments[1])"
+        # nobody is signed in: the page may not bind an address (web.identify = "signed-in")
+        assert driver.execute_async_script(identify, "Ann@Example.com") is False
+        (row,) = stored()
+        assert row.email is None
+        signed_in[0] = "ann@example.com"
+        assert driver.execute_async_script(identify, "Ann@Example.com") is True
+        signed_in[0] = None
         (row,) = stored()
         assert row.browse_key == "e:ann@example.com" and row.visitor_id == cookie["value"]
 
@@ -314,3 +324,4 @@ def test_tracking_script_reports_a_product_view_and_identifies(
         )
         assert refused is False  # a 400 naming item.price, logged to the console
         driver.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": headless})
+    tracker.engine.dispose()

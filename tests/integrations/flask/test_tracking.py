@@ -1,4 +1,9 @@
-"""``ShopEvents(app)``'s blueprint and ``POST /shop-events/track``: checks, limits, cookie, bots."""
+"""``ShopEvents(app)``'s blueprint and ``POST /shop-events/track``: checks, limits, cookie, bots.
+
+The hostile cases (links that browsers read differently, a spoofed ``Host``, an ``identify`` of a
+stranger's address, input that used to crash the endpoint) run against a real Flask app through
+its test client, which sends whatever headers a client can.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 from shop_events import Settings, ShopEvents, Tracker
 from shop_events.errors import ConfigError
 from shop_events.integrations.flask.extension import tracker_for
 from shop_events.integrations.flask.tracking import RateLimiter
-from shop_events.storage.tables import browses
+from shop_events.storage.tables import browses, visitors
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
@@ -26,6 +34,8 @@ TRACK = "/shop-events/track"
 SCRIPT = "/shop-events/static/shop-events.js"
 HERE = "http://localhost"
 ITEM = {"name": "Hair styler", "price": "341", "url": "http://localhost/p/1"}
+SHOP_HOSTS = ["localhost", "shop.example"]
+"""``web.shop_hosts`` of the tests' shop (the test client's default host is localhost)."""
 
 
 def make_app(tracker: Tracker, **options: Any) -> Flask:
@@ -38,7 +48,7 @@ def make_app(tracker: Tracker, **options: Any) -> Flask:
 @pytest.fixture
 def web_tracker(make_settings: SettingsFactory) -> Iterator[Tracker]:
     """A migrated tracker whose ``[web]`` section the test may set through ``request.param``."""
-    made = Tracker(make_settings())
+    made = Tracker(make_settings(web={"shop_hosts": SHOP_HOSTS}))
     made.migrate()
     yield made
     made.shutdown()
@@ -46,7 +56,7 @@ def web_tracker(make_settings: SettingsFactory) -> Iterator[Tracker]:
 
 
 def tracker_with(make_settings: SettingsFactory, **web: Any) -> Tracker:
-    made = Tracker(make_settings(web=web))
+    made = Tracker(make_settings(web={"shop_hosts": SHOP_HOSTS, **web}))
     made.migrate()
     return made
 
@@ -313,7 +323,8 @@ def test_rate_limiter_forgets_idle_clients() -> None:
     assert limiter.take("e") == pytest.approx(1.0)
 
 
-def test_bots_are_dropped_without_a_cookie(client: FlaskClient, web_tracker: Tracker) -> None:
+def test_bots_are_dropped_without_a_cookie(web_tracker: Tracker) -> None:
+    client = make_app(web_tracker, current_email=lambda: "ann@example.com").test_client()
     bot = {"User-Agent": "Mozilla/5.0 (compatible; Googlebot/2.1)"}
     response = post(client, {"type": "product_view", "item": ITEM}, headers=bot)
     assert response.status_code == 204
@@ -323,18 +334,19 @@ def test_bots_are_dropped_without_a_cookie(client: FlaskClient, web_tracker: Tra
     assert views(web_tracker) == []
 
 
-def test_identify_from_the_browser_moves_the_views_to_the_email(
-    client: FlaskClient, web_tracker: Tracker
-) -> None:
+def test_identify_any_moves_the_views_to_the_email(make_settings: SettingsFactory) -> None:
+    web_tracker = tracker_with(make_settings, identify="any")
+    client = make_app(web_tracker).test_client()
     assert post(client, {"type": "product_view", "item": ITEM}).status_code == 204
     response = post(client, {"type": "identify", "email": "Ann@Example.com"})
     assert response.status_code == 204
     (row,) = views(web_tracker)
     assert row.browse_key == "e:ann@example.com" and row.email == "ann@example.com"
+    web_tracker.engine.dispose()
 
 
 def test_identify_from_the_browser_can_be_turned_off(make_settings: SettingsFactory) -> None:
-    tracker = tracker_with(make_settings, identify=False)
+    tracker = tracker_with(make_settings, identify="off")
     client = make_app(tracker).test_client()
     refused(post(client, {"type": "identify", "email": "ann@example.com"}), 403, "type")
     tracker.engine.dispose()
@@ -378,3 +390,337 @@ def test_web_settings_are_checked(tmp_path: Path) -> None:
     loaded = Settings.load(env=env)
     assert loaded.web.allowed_origins == ("https://a.example", "https://b.example")
     assert "t0k" not in repr(Settings.load({"web": {"token": "t0k"}}))
+
+
+# ---------------------------------------------------------------------- hostile browsers
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        ("https://evil.example\\@shop.example/p", "evil.example"),  # browsers: host evil.example
+        ("https://evil.example\\\\shop.example/p", "evil.example"),
+        ("https://ann@shop.example/p", "user name"),
+        ("https://evil.example%5C@shop.example/p", "user name"),
+        ("https://evil.example\t@shop.example/p", "user name"),  # the tab is dropped first
+        ("https://ｅｖｉｌ.example/p", "evil.example"),  # fullwidth letters fold to ASCII
+        ("https://evil.example%2eshop.example/p", "evil.example.shop.example"),
+        ("javascript:alert(1)//http://shop.example/", "http(s)"),
+        ("https://shop.example＃.evil.example/p", "http(s)"),
+        ("http://[::1/p", "http(s)"),
+        ("http://[bad", "http(s)"),
+    ],
+)
+def test_links_are_read_as_browsers_read_them(
+    client: FlaskClient, web_tracker: Tracker, url: str, where: str
+) -> None:
+    for field in ("url", "imageurl"):
+        payload = {"type": "product_view", "item": {**ITEM, field: url}}
+        assert where in refused(post(client, payload), 400, f"item.{field}")
+    assert views(web_tracker) == []
+
+
+def test_links_are_stored_as_browsers_serialize_them(
+    client: FlaskClient, web_tracker: Tracker
+) -> None:
+    item = {
+        **ITEM,
+        "url": "HTTP://Shop.Example:80/p/1?q=a b",
+        "imageurl": "https:\\\\shop.example/i",
+    }
+    assert post(client, {"type": "product_view", "item": item}).status_code == 204
+    (row,) = views(web_tracker)
+    stored = json.loads(row.items)[0]
+    assert stored["url"] == "http://shop.example/p/1?q=a%20b"
+    assert stored["imageurl"] == "https://shop.example/i"
+
+
+def test_a_spoofed_host_header_is_not_the_shop(make_settings: SettingsFactory) -> None:
+    tracker = tracker_with(make_settings, token="t0ken-1")
+    client = make_app(tracker).test_client()
+    evil = {"type": "product_view", "item": {**ITEM, "url": "https://evil.example/p"}}
+    spoofed = {"Host": "evil.example"}
+    message = refused(post(client, evil, "https://evil.example", spoofed), 403, "Origin")
+    assert "evil.example" in message and "web.shop_hosts" in message
+    # a request with the token skips the origin check; its links are still checked
+    token = {**spoofed, "X-Shop-Events-Token": "t0ken-1"}
+    assert "evil.example" in refused(post(client, evil, None, token), 400, "item.url")
+    assert views(tracker) == []
+    tracker.engine.dispose()
+
+
+def test_without_shop_hosts_browsers_are_refused_naming_the_setting(
+    make_settings: SettingsFactory,
+) -> None:
+    tracker = Tracker(make_settings(web={"token": "t0ken-1"}))
+    tracker.migrate()
+    client = make_app(tracker).test_client()
+    payload = {"type": "product_view", "item": ITEM}
+    assert "web.shop_hosts" in refused(post(client, payload), 403, "Origin")
+    referer = {"Referer": "http://localhost/p/1"}
+    assert "web.shop_hosts" in refused(post(client, payload, None, referer), 403, "Referer")
+    token = {"X-Shop-Events-Token": "t0ken-1"}
+    assert "web.shop_hosts" in refused(post(client, payload, None, token), 400, "item.url")
+    no_link = {"type": "product_view", "item": {"name": "Comb", "price": "3"}}
+    assert post(client, no_link, None, token).status_code == 204
+    assert len(views(tracker)) == 1
+    tracker.engine.dispose()
+
+
+def test_server_name_is_the_shop_host_when_shop_hosts_is_empty(
+    make_settings: SettingsFactory,
+) -> None:
+    tracker = Tracker(make_settings())
+    tracker.migrate()
+    app = Flask("shop")
+    app.config["SERVER_NAME"] = "shop.example:8000"
+    ShopEvents(app, tracker=tracker)
+    client = app.test_client()
+    item = {**ITEM, "url": "https://shop.example/p/1"}
+    response = post(client, {"type": "product_view", "item": item}, "http://shop.example:8000")
+    assert response.status_code == 204, response.data
+    evil = {"type": "product_view", "item": {**ITEM, "url": "https://evil.example/p"}}
+    refused(post(client, evil, "http://shop.example:8000"), 400, "item.url")
+    refused(post(client, evil, "http://evil.example"), 403, "Origin")
+    assert len(views(tracker)) == 1
+    tracker.engine.dispose()
+
+
+def test_shop_host_globs_and_exact_hosts(make_settings: SettingsFactory) -> None:
+    tracker = tracker_with(make_settings, shop_hosts=["*.shop.example", "[::1]", "127.0.0.1"])
+    client = make_app(tracker).test_client()
+    for origin, status in (
+        ("https://www.shop.example", 204),
+        ("https://WWW.Shop.Example.:8443", 204),
+        ("http://[0:0::1]:5000", 204),
+        ("http://0x7f.1", 204),  # browsers read 127.0.0.1
+        ("https://shop.example", 403),  # the glob wants a subdomain
+        ("https://www.shop.example.evil.example", 403),
+        ("https://xn--shop-ex0a.example", 403),
+    ):
+        payload = {"type": "product_view", "item": {"name": "Comb", "price": "3"}}
+        response = post(client, payload, origin)
+        assert response.status_code == status, (origin, response.data)
+    tracker.engine.dispose()
+
+
+def bound(tracker: Tracker) -> dict[str, str]:
+    with tracker.engine.connect() as conn:
+        return {r.visitor_id: r.email for r in conn.execute(select(visitors))}
+
+
+def test_identify_binds_only_the_signed_in_shopper_by_default(web_tracker: Tracker) -> None:
+    signed_in: list[str | None] = [None]
+    app = make_app(web_tracker, current_email=lambda: signed_in[0])
+    client = app.test_client()
+    assert post(client, {"type": "product_view", "item": ITEM}).status_code == 204
+    stranger = {"type": "identify", "email": "victim@example.com"}
+    assert "signed" in refused(post(client, stranger), 403, "email")
+    (row,) = views(web_tracker)
+    assert row.email is None and row.browse_key.startswith("v:")  # no email would go out
+    assert bound(web_tracker) == {}
+    signed_in[0] = "Ann@Example.com"
+    assert "signed-in" in refused(post(client, stranger), 403, "email")
+    assert post(client, {"type": "identify", "email": "ann@example.COM"}).status_code == 204
+    assert list(bound(web_tracker).values()) == ["ann@example.com"]
+
+
+def test_identify_with_the_token_may_bind_any_address(make_settings: SettingsFactory) -> None:
+    tracker = tracker_with(make_settings, token="t0ken-1")
+    client = make_app(tracker).test_client()
+    token = {"X-Shop-Events-Token": "t0ken-1"}
+    assert post(client, {"type": "identify", "email": "bob@example.com"}, None, token).status_code
+    assert list(bound(tracker).values()) == ["bob@example.com"]
+    refused(post(client, {"type": "identify", "email": "eve@example.com"}), 403, "email")
+    tracker.engine.dispose()
+
+
+def test_identify_setting_is_checked() -> None:
+    assert Settings.load({}).web.identify == "signed-in"
+    for old in (True, False, "yes"):
+        with pytest.raises(ConfigError, match=r"web\.identify: .*'signed-in', 'any', 'off'"):
+            Settings.load({"web": {"identify": old}})
+    assert Settings.load(env={"SHOP_EVENTS_WEB_IDENTIFY": "any"}).web.identify == "any"
+
+
+LONE = '"caf\\ud800e"'
+HUGE = "9" * 5000
+DEEP = "[" * 2000 + "]" * 2000
+VIEW = '{"type": "product_view", "item": $}'
+
+
+def fill(template: str, value: str) -> str:
+    """``template`` with its ``$`` replaced by the raw JSON ``value``."""
+    return template.replace("$", value)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (fill(VIEW, fill('{"name": $, "price": "1"}', LONE)), "item.name"),
+        (fill(VIEW, fill('{"name": "a", "price": "1", $: 1}', LONE)), "item"),
+        (fill('{"type": "identify", "email": $}', LONE), "email"),
+        (fill('{"type": $}', LONE), "type"),
+        (fill(VIEW, fill('{"name": "a", "price": $}', HUGE)), "item.price"),
+        (fill(VIEW, fill('{"name": "a", "price": -$}', HUGE)), "item.price"),
+        (fill(VIEW, fill('{"name": "a", "quantity": $}', HUGE)), "item.quantity"),
+        (fill(VIEW, '{"name": "a", "price": NaN}'), "item.price"),
+        (fill(VIEW, '{"name": "a", "price": 1e999999999}'), "item.price"),
+        (fill(VIEW, '{"name": "a", "tags": {"t": [1]}}'), "item.tags.t"),
+        (fill(VIEW, fill('{"name": $, "price": "1"}', DEEP[:1200])), "body"),
+        (fill(VIEW, "[" * 600 + "]" * 600), "item[0][0]"),
+        (DEEP, "body"),
+        (b'{"type": "identify", "email": "\xff"}', "body"),  # not UTF-8
+    ],
+)
+def test_input_that_crashed_the_endpoint_gets_a_4xx_naming_the_field(
+    make_settings: SettingsFactory, body: str | bytes, field: str
+) -> None:
+    tracker = tracker_with(make_settings, max_body_bytes=16384, identify="any")
+    client = make_app(tracker).test_client()
+    response = client.post(
+        TRACK, data=body, content_type="application/json", headers={"Origin": HERE}
+    )
+    refused(response, 400, field)
+    assert views(tracker) == [] and bound(tracker) == {}
+    tracker.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://[bad",
+        "http://[::1/p",
+        "http://localhost＃.evil.example",  # as a test client sends it
+        "http://localhost\xef\xbc\x83.evil.example",  # as a WSGI server decodes its UTF-8
+        "http://ann@localhost",
+        "ftp://localhost",
+        "localhost",
+    ],
+)
+def test_origins_a_browser_never_sends_are_refused(client: FlaskClient, origin: str) -> None:
+    refused(post(client, {"type": "product_view", "item": ITEM}, origin), 403, "Origin")
+
+
+def test_web_hosts_settings_are_checked() -> None:
+    for bad, key in (
+        ({"shop_hosts": ["https://shop.example"]}, "web.shop_hosts"),
+        ({"shop_hosts": ["shop.example:8000"]}, "web.shop_hosts"),
+        ({"shop_hosts": ["bücher.example"]}, "web.shop_hosts"),
+        ({"item_hosts": ["cdn.example/x"]}, "web.item_hosts"),
+        ({"allowed_origins": ["http://[bad"]}, "web.allowed_origins"),
+        ({"allowed_origins": ["https://u:KEY@shop.example"]}, "web.allowed_origins"),
+        ({"allowed_origins": ["https://shop.example/p"]}, "web.allowed_origins"),
+        ({"allowed_origins": ["https://caf\ud800e.example"]}, "web.allowed_origins"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as raised:
+            Settings.load({"web": bad})
+        assert "KEY" not in str(raised.value)
+    web = Settings.load({"web": {"shop_hosts": ["*.shop.example", "xn--bcher-kva.example"]}}).web
+    assert web.shop_hosts == ("*.shop.example", "xn--bcher-kva.example")
+
+
+# ---------------------------------------------------------------------- fuzz
+
+HOSTILE_TEXT = [
+    "caf\ud800e",
+    "\udfff",
+    "x" * 300,
+    "http://[bad",
+    "http://[::1/p",
+    "https://shop.example＃.evil.example/",
+    "https://evil.example\\@localhost/p",
+    "https://ann@localhost/p",
+    "http://localhost/p/1",
+    "ann@example.com",
+    "",
+]
+HOSTILE_RAW = ["9" * 5000, "-" + "9" * 4400, "1e999999999", "NaN", "-Infinity", "1.5", "0", "true"]
+ITEM_KEYS = ["name", "price", "url", "imageurl", "quantity", "sku", "brand", "tags", "caf\ud800e"]
+
+
+def _raw(value: str) -> str:
+    """A JSON string literal; lone surrogates escaped the way JSON allows."""
+    return json.dumps(value)
+
+
+scalars = st.one_of(
+    st.sampled_from(HOSTILE_TEXT).map(_raw),
+    st.sampled_from(HOSTILE_RAW),
+    st.text(max_size=30).map(_raw),
+    st.integers().map(str),
+    st.integers(min_value=0, max_value=2500).map(lambda n: "[" * n + "]" * n),
+)
+raw_json = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(lambda v: "[" + ", ".join(v) + "]"),
+        st.dictionaries(st.sampled_from(ITEM_KEYS).map(_raw), inner, max_size=4).map(
+            lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in d.items()) + "}"
+        ),
+    ),
+    max_leaves=8,
+)
+near_valid = st.builds(
+    lambda name, price, url: (
+        '{"type": "product_view", "item": {"name": ' + name + ", "
+        '"price": ' + price + ', "url": ' + url + "}}"
+    ),
+    st.one_of(st.text(max_size=20).map(_raw), st.sampled_from(HOSTILE_TEXT).map(_raw)),
+    st.sampled_from(['"19.90"', "3", *HOSTILE_RAW]),
+    st.sampled_from([*HOSTILE_TEXT, "http://localhost/p/2", "https://shop.example/a?b#c"]).map(
+        _raw
+    ),
+)
+bodies = st.one_of(
+    near_valid,
+    st.builds(
+        lambda kind, item: '{"type": ' + kind + ', "item": ' + item + "}",
+        st.sampled_from(['"product_view"', '"identify"', _raw("caf\ud800e")]),
+        raw_json,
+    ),
+    st.builds(lambda email: fill('{"type": "identify", "email": $}', email), raw_json),
+    raw_json,
+    st.binary(max_size=64).map(lambda b: b.decode("latin-1")),
+)
+origins = st.sampled_from(
+    [
+        HERE,
+        HERE,
+        HERE,
+        "http://[bad",
+        "http://[::1/p",
+        "http://localhost＃",
+        "http://localhost\xef\xbc\x83",
+        "",
+    ]
+)
+
+
+@hypothesis.settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=bodies, origin=origins, pad=st.sampled_from([0, 0, 5000]))
+def test_the_endpoint_answers_any_input_with_204_or_a_4xx_naming_the_field(
+    fuzz_client: FlaskClient, body: str, origin: str, pad: int
+) -> None:
+    data = (body + " " * pad).encode("utf-8", "surrogatepass")
+    headers = {"Origin": origin} if origin else {}
+    response = fuzz_client.post(TRACK, data=data, content_type="application/json", headers=headers)
+    assert response.status_code < 500, response.data
+    hypothesis.event(f"status {response.status_code}")
+    if response.status_code >= 400:
+        answer = response.get_json()
+        assert answer["field"] and answer["error"].startswith(answer["field"]), answer
+        assert len(answer["error"]) < 400, answer
+    else:
+        assert response.status_code == 204, response.data
+
+
+@pytest.fixture
+def fuzz_client(make_settings: SettingsFactory) -> Iterator[FlaskClient]:
+    tracker = tracker_with(make_settings, rate_burst=100_000, identify="any")
+    yield make_app(tracker).test_client()
+    tracker.engine.dispose()
