@@ -21,6 +21,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from .config import CONFIG_PATH_ENV, Settings, format_duration, parse_duration
 from .errors import ConfigError
+from .health import problems
 from .storage import outbox, pause
 from .storage.enums import OutboxStatus
 from .tracker import Tracker
@@ -83,10 +84,24 @@ def migrate() -> None:
 
 
 @click.command()
-def worker() -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics over HTTP on this port (GET /metrics).",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address --metrics-port listens on (0.0.0.0: every interface).",
+)
+def worker(metrics_port: int | None, metrics_addr: str) -> None:
     """Run scan and dispatch until SIGTERM or Ctrl-C; then finish sends and release the rest."""
     tracker = _tracker()
     _require_migrated(tracker)
+    if metrics_port is not None:
+        _serve_metrics(tracker, metrics_port, metrics_addr)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -107,6 +122,20 @@ def worker() -> None:
         pass
     tracker.shutdown(wait=True)
     click.echo(f"worker {os.getpid()}: stopped", err=True)
+
+
+def _serve_metrics(tracker: Tracker, port: int, addr: str) -> None:
+    """Serve the worker's metrics (and the database's gauges) from a daemon thread."""
+    from prometheus_client import start_http_server
+
+    from .integrations.prometheus import registry
+
+    try:
+        start_http_server(port, addr=addr, registry=registry(tracker))
+    except OSError as exc:
+        message = f"--metrics-port: cannot listen on {addr}:{port}: {exc}"
+        raise click.ClickException(message) from None
+    click.echo(f"worker {os.getpid()}: metrics on http://{addr}:{port}/metrics", err=True)
 
 
 @click.command()
@@ -130,9 +159,21 @@ def dispatch() -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(as_json: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Print ok and exit 0 while delivery runs; else print why in one word "
+    "(missing-tables, paused, circuit, stalled) and exit 1. For cron and Nagios.",
+)
+def status(as_json: bool, check: bool) -> None:
     """Counts by status and type, oldest pending age, pause and last error."""
     tracker = _tracker()
+    if check:
+        found = problems(tracker.engine, tracker.settings, tracker.clock())
+        click.echo(found[0] if found else "ok")
+        if found:
+            raise click.exceptions.Exit(1)
+        return
     health = tracker.health()
     current = health.pause
     oldest = health.oldest_pending_age
@@ -144,6 +185,10 @@ def status(as_json: bool) -> None:
         "paused": health.paused,
         "pause_reason": current.reason if current else None,
         "paused_until": current.until.isoformat() if current else None,
+        "circuit_open": health.circuit is not None,
+        "circuit_since": health.circuit.since.isoformat() if health.circuit else None,
+        "circuit_next_probe": health.circuit.until.isoformat() if health.circuit else None,
+        "circuit_reason": health.circuit.reason if health.circuit else None,
         "last_error": health.last_error,
         "api_key_set": tracker.transport.ready,
         "suppressed": {str(k): dict(v) for k, v in health.suppressed.items()},
@@ -164,6 +209,13 @@ def status(as_json: bool) -> None:
         click.echo(f"delivery {state} until {until}: {current.reason}")
     else:
         click.echo("delivery running" if tracker.transport.ready else "delivery waits: no api.key")
+    if health.circuit:
+        since = health.circuit.since.isoformat(timespec="seconds")
+        probe = health.circuit.until.isoformat(timespec="seconds")
+        click.echo(
+            f"circuit open since {since} (the API does not answer; next probe {probe}): "
+            f"{health.circuit.reason}"
+        )
     if health.last_error:
         click.echo(f"last error: {health.last_error}")
     for subject, reasons in health.suppressed.items():

@@ -4,21 +4,38 @@
 by type, the oldest event still waiting, the delivery pause, the newest error, and the
 activity still waiting for its abandonment time. :func:`read_health` reads them in one
 connection into a :class:`Health`.
+
+Whether delivery is healthy is decided here only: :func:`problems` names what is wrong in one
+word each (``missing-tables``, ``paused``, ``circuit``, ``stalled``), for ``/shop-events/healthz``,
+``shop-events status --check`` and the :class:`StallWatch` job alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from .config import Settings
+from .config import Settings, format_duration
 from .storage import activity, outbox, pause
 from .storage.enums import FlowState, Subject
-from .storage.pause import Pause
+from .storage.pause import Circuit, Pause
+
+log = logging.getLogger(__name__)
+
+MISSING_TABLES = "missing-tables"
+"""The plugin's tables are not there: the database was never migrated (or not to this version)."""
+PAUSED = "paused"
+"""Delivery is paused (the platform refused the key)."""
+CIRCUIT = "circuit"
+"""The shared circuit is open: the API gave no answer (or 5xx) to many sends in a row."""
+STALLED = "stalled"
+"""The oldest event still waiting is older than ``alerts.stall_after``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +75,8 @@ class Health:
     suppressed: Mapping[Subject, Mapping[str, int]] = dataclasses.field(default_factory=dict)
     """Carts, browses and registrations that came due with nothing sent, by reason
     (``no_contact``, ``opted_out``, ``capped``, ``unbuildable``); subjects with none left out."""
+    circuit: Circuit | None = None
+    """The open circuit (since, next probe, reason), or None while the API answers."""
 
     @property
     def oldest_pending_age(self) -> timedelta | None:
@@ -68,6 +87,10 @@ class Health:
     def paused(self) -> bool:
         """True while no worker may send (a pause past its end is probing, not paused)."""
         return self.pause is not None and self.pause.active(self.now)
+
+    def problems(self, settings: Settings) -> tuple[str, ...]:
+        """What is wrong with delivery, one word each, most telling first; empty when healthy."""
+        return _problems(self.paused, self.oldest_pending_age, settings, self.circuit is not None)
 
 
 def read_health(source: Engine | Connection, settings: Settings, now: datetime) -> Health:
@@ -103,6 +126,7 @@ def _read(conn: Connection, settings: Settings, now: datetime) -> Health:
         last_error=summary.last_error,
         last_error_at=summary.last_error_at,
         pause=pause.current(conn),
+        circuit=pause.circuit(conn),
         active={
             subject: activity.count_in_state(conn, subject, FlowState.ACTIVE)
             for subject in activity.SUBJECTS
@@ -114,3 +138,79 @@ def _read(conn: Connection, settings: Settings, now: datetime) -> Health:
             if (counts := activity.count_suppressed_by_reason(conn, subject))
         },
     )
+
+
+def problems(source: Engine | Connection, settings: Settings, now: datetime) -> tuple[str, ...]:
+    """What is wrong with delivery as of ``now``, one word each, most telling first (empty when
+    delivery runs): ``missing-tables``, ``paused``, ``circuit``, ``stalled``.
+
+    Reads the pause, the circuit and the outbox summary. Missing tables are an answer, not an
+    error; any other database error (the database is down) is raised.
+    """
+    if isinstance(source, Engine):
+        with source.connect() as conn:
+            return _read_problems(conn, settings, now)
+    return _read_problems(source, settings, now)
+
+
+def _read_problems(conn: Connection, settings: Settings, now: datetime) -> tuple[str, ...]:
+    try:
+        current = pause.current(conn)
+        circuit = pause.circuit(conn)
+        oldest = outbox.summarize(conn).oldest_pending
+    except (OperationalError, ProgrammingError):
+        conn.rollback()  # PostgreSQL refuses anything more in a failed transaction
+        if not _migrated(conn.engine):
+            return (MISSING_TABLES,)
+        raise
+    paused = current is not None and current.active(now)
+    age = None if oldest is None else now - oldest
+    return _problems(paused, age, settings, circuit is not None)
+
+
+def _migrated(engine: Engine) -> bool:
+    from .storage.migrate import current_revision, head_revision
+
+    return current_revision(engine) == head_revision()
+
+
+def _problems(
+    paused: bool, oldest_age: timedelta | None, settings: Settings, circuit: bool = False
+) -> tuple[str, ...]:
+    found = []
+    if paused:
+        found.append(PAUSED)
+    if circuit:
+        found.append(CIRCUIT)
+    if oldest_age is not None and oldest_age > settings.alerts.stall_after:
+        found.append(STALLED)
+    return tuple(found)
+
+
+class StallWatch:
+    """A scheduler job: logs one ERROR when delivery stalls and one INFO when it moves again.
+
+    The state between runs lives in this object, so each process that runs the jobs says it
+    once per stall rather than once per pass.
+    """
+
+    def __init__(self, engine: Engine, settings: Settings, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._clock = clock
+        self.stalled = False
+        """Whether the last run found delivery stalled."""
+
+    def __call__(self) -> tuple[str, ...]:
+        """Read the problems now, log a stall's start or end, and return them."""
+        found = problems(self._engine, self._settings, self._clock())
+        stalled = STALLED in found
+        if stalled and not self.stalled:
+            log.error(
+                "delivery stalled: the oldest pending event has waited longer than %s",
+                format_duration(self._settings.alerts.stall_after),
+            )
+        elif self.stalled and not stalled:
+            log.info("delivery no longer stalled")
+        self.stalled = stalled
+        return found

@@ -28,7 +28,7 @@ from .config import Settings
 from .delivery.dispatcher import Dispatcher, DispatchResult
 from .delivery.transport import Transport
 from .errors import StorageError, ValidationError
-from .health import Health, read_health
+from .health import Health, StallWatch, read_health
 from .payload.validation import DEDUPE_KEY_MAX, check_text
 from .retention import purge
 from .scheduler import Scheduler
@@ -60,11 +60,15 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         self.transport = Transport(self.settings.api, self.settings.delivery.threads, clock)
         self.scanner = Scanner(self.settings, self.engine, clock)
         self.dispatcher = Dispatcher(self.settings, self.engine, self.transport, clock)
+        self.watch = StallWatch(self.engine, self.settings, clock)
         self.scheduler = Scheduler(
             self.settings.scheduler,
             self.scan,
             self.dispatcher.drain,
-            {"retention": (self.purge, self.settings.retention.interval)},
+            {
+                "retention": (self.purge, self.settings.retention.interval),
+                "watch": (self.watch, self.settings.scheduler.dispatch_interval),
+            },
             lock_path=jobs_lock_path(self.engine),
         )
         self.before_write = self.scheduler.ensure_running

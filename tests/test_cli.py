@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from freezegun import freeze_time
 from shop_events import Item, Settings, Tracker
 from shop_events.cli import cli
+from shop_events.storage import pause
 from shop_events.storage.enums import OutboxStatus
 from shop_events.storage.migrate import head_revision
 from shop_events.storage.tables import outbox
@@ -155,6 +156,29 @@ def test_config_from_the_environment_variable(
     assert json.loads(result.stdout)["paused"] is False
 
 
+def test_status_shows_an_open_circuit(
+    invoke: Invoke, migrated: None, tracker_at: Callable[[datetime], Tracker]
+) -> None:
+    """The circuit's opening time, next probe and reason in text and JSON; --check says it."""
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    tracker = tracker_at(now)
+    with tracker.engine.begin() as conn:
+        pause.open_circuit(conn, "no response: ConnectionError", now, now + timedelta(seconds=10))
+    with freeze_time(now):
+        report = status_json(invoke)
+        human = invoke("status")
+        check = invoke("status", "--check")
+    assert report["circuit_open"] is True
+    assert report["circuit_since"] == now.isoformat()
+    assert report["circuit_next_probe"] == (now + timedelta(seconds=10)).isoformat()
+    assert report["circuit_reason"] == "no response: ConnectionError"
+    assert "circuit open since 2026-11-26T12:00:00+00:00" in human.output
+    assert (check.exit_code, check.output) == (1, "circuit\n")
+    with tracker.engine.begin() as conn:
+        assert pause.close_circuit(conn)
+    assert status_json(invoke)["circuit_open"] is False
+
+
 def test_worker_refuses_an_unmigrated_database(invoke: Invoke) -> None:
     result = invoke("worker")
     assert result.exit_code == 1
@@ -206,6 +230,36 @@ def test_status_of_an_empty_outbox(invoke: Invoke, migrated: None) -> None:
     assert report["oldest_pending_age_seconds"] is None
     assert report["by_type"] == {}
     assert "oldest pending: none" in invoke("status").output
+
+
+def test_status_check_exits_non_zero_with_one_word(
+    tmp_path: Path, receiver: Receiver, tracker_at: Callable[[datetime], Tracker]
+) -> None:
+    """ok and 0 while delivery runs; else the reason and 1: missing tables, a pause, a stall."""
+    config = write_config(tmp_path / "shop.toml", receiver, key=WRONG_KEY)
+    runner = CliRunner()
+
+    def check() -> tuple[int, str]:
+        result = runner.invoke(cli, ["--config", str(config), "status", "--check"])
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        return result.exit_code, result.output
+
+    assert check() == (1, "missing-tables\n")
+    assert runner.invoke(cli, ["--config", str(config), "migrate"]).exit_code == 0
+    assert check() == (0, "ok\n")
+
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    tracker_at(now).custom_event("login", key_value="ann@example.com", params={"n": 1})
+    with freeze_time(now + timedelta(minutes=15)):
+        assert check() == (0, "ok\n")  # as old as alerts.stall_after: not yet stalled
+    with freeze_time(now + timedelta(minutes=15, seconds=1)):
+        assert check() == (1, "stalled\n")
+
+    with freeze_time(now):
+        assert runner.invoke(cli, ["--config", str(config), "dispatch"]).exit_code == 0  # 401
+        assert check() == (1, "paused\n")
+    with freeze_time(now + timedelta(hours=1)):  # pause over; the pending event still waits
+        assert check() == (1, "stalled\n")
 
 
 # ------------------------------------------------------------------------------- send-test

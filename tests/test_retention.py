@@ -207,7 +207,7 @@ def test_the_scheduler_runs_retention_at_its_interval(
         tracker.start()
         assert ran.wait(10), "the retention job did not run when the scheduler started"
         intervals = tracker.scheduler.intervals
-        assert set(intervals) == {"scan", "dispatch", "retention"}
+        assert set(intervals) == {"scan", "dispatch", "retention", "watch"}
         assert intervals["retention"] == timedelta(hours=2)
     finally:
         tracker.shutdown()

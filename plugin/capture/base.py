@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from .. import metrics
 from ..clock import Clock
 from ..config import Settings, scrub
 from ..errors import StorageError, ValidationError
@@ -135,10 +136,15 @@ class Hooks:
         if session is not None and connection is not None:
             raise ValidationError("session", "pass session= or connection=, not both")
         self.before_write()
+        started = metrics.monotonic()
         try:
             with transaction(self.engine, session or connection) as conn:
-                return write(conn)
+                result = write(conn)
         except SQLAlchemyError as exc:
             log.error("%s was not recorded: %s", what, exc.__class__.__name__)
             reason = scrub(str(getattr(exc, "orig", None) or exc), self.settings.database.url)
             raise StorageError(f"{what} was not recorded: {reason}") from exc
+        # counted once the write is done: committed on the plugin's engine, or part of the
+        # host's transaction (whose later rollback is not seen here)
+        metrics.captured(what, started)
+        return result

@@ -200,9 +200,14 @@ class DeliverySettings(Section):
     max_attempts: int = 25
     give_up_after: timedelta = timedelta(hours=48)
     auth_pause: timedelta = timedelta(minutes=5)
+    circuit_failures: int = 5
+    """Sends in a row with no response or a 5xx that open the shared circuit."""
+    probe_interval: timedelta = timedelta(seconds=10)
+    """While the circuit is open, one event probes the API this often."""
 
     def check(self, path: str) -> None:
-        """At least one row, thread and attempt; a lease of at least 5s.
+        """At least one row, thread, attempt and circuit failure; a lease of at least 5s;
+        a probe interval of at least 1s.
 
         The lease against the API timeouts is a rule of :class:`Settings`, which sees both.
         """
@@ -212,6 +217,12 @@ class DeliverySettings(Section):
             raise ConfigError(f"{path}max_attempts: must be at least 1")
         if self.lease < timedelta(seconds=5):
             raise ConfigError(f"{path}lease: must be at least 5s")
+        if self.circuit_failures < 2:
+            raise ConfigError(
+                f"{path}circuit_failures: must be at least 2 (one failure backs off alone)"
+            )
+        if self.probe_interval < timedelta(seconds=1):
+            raise ConfigError(f"{path}probe_interval: must be at least 1s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +390,19 @@ class RetentionSettings(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class AlertsSettings(Section):
+    """``[alerts]``: when delivery counts as unhealthy for health checks and the log."""
+
+    stall_after: timedelta = timedelta(minutes=15)
+    """Delivery is stalled once the oldest pending event has waited longer than this."""
+
+    def check(self, path: str) -> None:
+        """The stall threshold is longer than zero."""
+        if self.stall_after <= timedelta(0):
+            raise ConfigError(f"{path}stall_after: must be longer than 0s")
+
+
+@dataclasses.dataclass(frozen=True)
 class ItemsSettings(Section):
     """``[items]``: the field names of one product in the ``items`` param (case is kept)."""
 
@@ -444,6 +468,9 @@ class WebSettings(Section):
     """``module:function`` returning True when the current request may see the operator pages;
     empty: the pages are off (404) unless ``ShopEvents(app, admin_access=...)`` is given."""
     admin_page_size: int = 50
+    metrics_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    """When set, ``/shop-events/metrics`` also answers requests carrying
+    ``Authorization: Bearer <metrics_token>`` (a Prometheus scraper), besides ``admin_access``."""
 
     def check(self, path: str) -> None:
         """Real origins and hosts, sane sizes and rates, a valid cookie, ``module:function``."""

@@ -14,6 +14,7 @@ from .loading import build, flat_keys, read_toml
 from .sections import (
     AbandonedBrowseSettings,
     AbandonedCartSettings,
+    AlertsSettings,
     ApiSettings,
     BotsSettings,
     ContactsSettings,
@@ -50,6 +51,7 @@ class Settings(Section):
     contacts: ContactsSettings = dataclasses.field(default_factory=ContactsSettings)
     bots: BotsSettings = dataclasses.field(default_factory=BotsSettings)
     retention: RetentionSettings = dataclasses.field(default_factory=RetentionSettings)
+    alerts: AlertsSettings = dataclasses.field(default_factory=AlertsSettings)
     items: ItemsSettings = dataclasses.field(default_factory=ItemsSettings)
     web: WebSettings = dataclasses.field(default_factory=WebSettings)
 

@@ -28,9 +28,10 @@ from typing import Any, assert_never
 
 from sqlalchemy import Connection, Engine
 
+from .. import metrics
 from ..abandonment.flows import unwanted
 from ..clock import Clock, utcnow
-from ..config import Settings
+from ..config import Settings, format_duration
 from ..payload.orders_api import ORDERS_API_PATH
 from ..payload.validation import encode_body
 from ..storage import caps, outbox, pause
@@ -109,6 +110,10 @@ class _Batch:
         """A 401/403 came, and the key is not known to be good: nothing more starts."""
         self._verdict_lock = threading.Lock()
         self._verdict: tuple[bool | None] | None = None
+        self.circuit = threading.Event()
+        """The shared circuit is open: nothing more starts, unreachable sends spend nothing."""
+        self.probing = False
+        """This batch is the circuit's probe: its one event checks whether the API answers."""
 
     def key_verdict(self, check: Callable[[], bool | None]) -> bool | None:
         """The key check's verdict, asked once per batch however many sends were refused."""
@@ -144,6 +149,8 @@ class DispatchResult:
     released: int = 0
     lost_lease: int = 0
     paused: bool = False
+    circuit_open: bool = False
+    """The shared circuit is open: the API looked unreachable (it is also ``paused``)."""
     full: bool = False
     """A whole batch was claimed, so more rows may be due."""
 
@@ -195,6 +202,11 @@ class Dispatcher:
         self._warned_no_key = False
         self._pause_seen = False
         """Whether this process saw a delivery pause since its last success lifted one."""
+        self._circuit_lock = threading.Lock()
+        self._streak = 0
+        """Sends in a row, in this process, that got no response or a 5xx."""
+        self._streak_rows: list[int] = []
+        """The rows those sends retried: given their attempt back if the circuit opens."""
         ref = weakref.ref(self)
 
         def after_fork() -> None:
@@ -209,6 +221,7 @@ class Dispatcher:
         # on one socket corrupt each other's sessions. close=False leaves them to the parent.
         self._engine.dispose(close=False)
         self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        self._circuit_lock = threading.Lock()
 
     def dispatch(self) -> DispatchResult:
         """One claim of up to ``delivery.batch_size`` rows, sent and settled."""
@@ -221,7 +234,16 @@ class Dispatcher:
         now = self._clock()
         with self._engine.begin() as conn:
             current = pause.current(conn)
+            circuit = pause.circuit(conn)
         limit = delivery.batch_size
+        probing = False
+        if circuit is not None:
+            if not circuit.probe_due(now):
+                return DispatchResult(paused=True, circuit_open=True)
+            with self._engine.begin() as conn:  # one probe per interval, whoever runs
+                if not pause.take_probe(conn, now, now + delivery.probe_interval):
+                    return DispatchResult(paused=True, circuit_open=True)
+            limit, probing = 1, True
         if current is not None:
             self._pause_seen = True
             if current.active(now):
@@ -236,11 +258,14 @@ class Dispatcher:
             claimed = outbox.claim(conn, now, delivery.lease, limit)
         result = DispatchResult(claimed=len(claimed), full=len(claimed) == limit)
         if not claimed:
+            if probing:
+                self._probe_without_event(result)
             return result
         with self._engine.begin() as conn:
             wanted = self._screen(conn, claimed, result)
             jobs = self._jobs(conn, wanted, leased_at, result)
         batch = _Batch(delivery.threads)
+        batch.probing = probing
 
         def send(job: _Job) -> Finished:
             try:
@@ -264,15 +289,76 @@ class Dispatcher:
             for done in finished:
                 group.append(done)
                 if len(group) >= delivery.threads:
-                    self._settle_group(group, result)
+                    self._settle_group(group, result, batch)
                     batch.window.recorded(len(group))
                     group = []
             if group:
-                self._settle_group(group, result)
+                self._settle_group(group, result, batch)
                 batch.window.recorded(len(group))
         finally:
             batch.window.close()
+        if batch.circuit.is_set():
+            result.paused = result.circuit_open = True
         return result
+
+    def _probe_without_event(self, result: DispatchResult) -> None:
+        """The circuit's probe found no event due: a check of the key asks the API instead."""
+        check = self._transport.check_key(self.stopping)
+        if check is not None and not policy.unreachable(check):
+            with self._engine.begin() as conn:
+                self._close_circuit(conn)
+        else:
+            result.paused = result.circuit_open = True
+
+    def _close_circuit(self, conn: Connection) -> None:
+        with self._circuit_lock:
+            self._streak = 0
+            self._streak_rows.clear()
+        if pause.close_circuit(conn):
+            log.warning("the API answers again: the circuit is closed and delivery resumes")
+
+    def _circuit_step(
+        self, conn: Connection, sent: policy.Result | None, batch: _Batch, now: datetime
+    ) -> bool:
+        """Count one finished send toward the circuit rule; True while the circuit holds its
+        rows (they spend no attempt). The send that trips the rule opens the circuit for every
+        process and gives the streak's earlier rows their attempt back."""
+        if sent is None:
+            return batch.circuit.is_set()
+        delivery = self._settings.delivery
+        with self._circuit_lock:
+            self._streak = policy.streak_after(self._streak, sent)
+            if not policy.unreachable(sent):
+                self._streak_rows.clear()
+                answered = True
+            elif batch.probing or batch.circuit.is_set():
+                return True
+            elif pause.circuit(conn) is not None:  # another process opened it meanwhile
+                batch.circuit.set()
+                return True
+            elif not policy.circuit_trips(self._streak, delivery):
+                return False
+            else:
+                answered = False
+                batch.circuit.set()
+                forgiven = outbox.forgive(conn, self._streak_rows)
+                self._streak_rows.clear()
+        if answered:
+            if batch.probing:
+                self._close_circuit(conn)
+            return False
+        until = now + delivery.probe_interval
+        reason = policy.describe(sent)[: policy.PAUSE_REASON_MAX]
+        if pause.open_circuit(conn, reason, now, until):
+            log.error(
+                "delivery circuit open: %d sends in a row got no answer from the API (%s); "
+                "no attempts are spent, one event probes it every %s (%d attempts given back)",
+                self._streak,
+                reason,
+                format_duration(delivery.probe_interval),
+                forgiven,
+            )
+        return True
 
     def _check_key_after_pause(self, now: datetime) -> bool | None:
         """The pause ran out: ask whether the key is good now, without any event. A good key
@@ -347,7 +433,7 @@ class Dispatcher:
         error = f"{UNSENDABLE}: the stored body is not valid ({type(exc).__name__}: {exc})"
         if outbox.settle(conn, row, OutboxStatus.DEAD, last_error=error[:ERROR_MAX]):
             log.warning("event %d (%s) dead: %s", row.id, row.event_type_key, error)
-            result.count(Settled.DEAD)
+            result.count(metrics.settled(row.event_type_key, Settled.DEAD))
         else:
             result.count(Settled.LOST_LEASE)
 
@@ -371,6 +457,7 @@ class Dispatcher:
                     thread_name_prefix="shop-events-send",
                 )
                 self._pool_pid = os.getpid()
+                metrics.SEND_CONCURRENCY.set(self._settings.delivery.threads)
             return self._pool
 
     def close(self) -> None:
@@ -408,14 +495,17 @@ class Dispatcher:
             elif outbox.settle(conn, row, OutboxStatus.SUPERSEDED, last_error=reason):
                 caps.give_back(conn, row.event_type_key, row.key_value, row.created_at)
                 log.info("event %d (%s) superseded: %s", row.id, row.event_type_key, reason)
-                result.count(Settled.SUPERSEDED)
+                result.count(metrics.settled(row.event_type_key, Settled.SUPERSEDED))
             else:
                 result.count(Settled.LOST_LEASE)
         return wanted
 
     def _send(self, job: _Job, batch: _Batch) -> policy.Result | None:
-        """Send one job's request; None when it is not tried (shutdown, bad key, lost lease)."""
-        if self.stopping.is_set() or batch.refused.is_set() or not batch.window.enter():
+        """Send one job's request; None when it is not tried (shutdown, bad key, open circuit,
+        lost lease)."""
+        if self.stopping.is_set() or batch.refused.is_set() or batch.circuit.is_set():
+            return None
+        if not batch.window.enter():
             return None
         if not self._transport.wait_turn(self.stopping) or batch.refused.is_set():
             return None
@@ -425,7 +515,7 @@ class Dispatcher:
         except Exception:  # not sent: the row goes back with no attempt spent
             log.exception("event %d: its lease could not be renewed", job.rows[0].id)
             return None
-        sent = self._transport.post(job.rows[0].api_path, job.body)
+        sent = metrics.timed_send(self._transport.post, job.rows[0].api_path, job.body)
         if policy.classify(sent.status) is policy.Outcome.AUTH:
             batch.refused.set()  # nothing more starts until the key is checked
             verdict = batch.key_verdict(
@@ -452,11 +542,13 @@ class Dispatcher:
         job.leased_at = renewed_at
         return not job.lost
 
-    def _settle_group(self, group: list[Finished], result: DispatchResult) -> None:
+    def _settle_group(self, group: list[Finished], result: DispatchResult, batch: _Batch) -> None:
         """Record finished sends in one transaction, each row on its own: a row that cannot be
         recorded is left to its lease and takes no other row with it."""
+        delivery = self._settings.delivery
         with self._engine.begin() as conn:
             for job, sent in group:
+                held = self._circuit_step(conn, sent, batch, self._clock())
                 for row in job.rows:
                     if row.id in job.lost:
                         result.count(Settled.LOST_LEASE)
@@ -464,8 +556,12 @@ class Dispatcher:
                     now = self._clock()
                     try:
                         with conn.begin_nested():
-                            decision = policy.decide(sent, row, self._settings.delivery, now)
-                            result.count(self._apply(conn, row, decision, now))
+                            decision = policy.decide(sent, row, delivery, now, circuit_open=held)
+                            settled = self._apply(conn, row, decision, now)
+                            if settled is Settled.RETRIED and sent and policy.unreachable(sent):
+                                with self._circuit_lock:
+                                    self._streak_rows.append(row.id)
+                            result.count(metrics.settled(row.event_type_key, settled))
                     except Exception:
                         log.exception(
                             "event %d (%s): its result could not be recorded; it goes again "
@@ -536,6 +632,13 @@ class Dispatcher:
                 return Settled.RELEASED
             case policy.Released():
                 return Settled.RELEASED if outbox.release(conn, row, now) else Settled.LOST_LEASE
+            case policy.Held(error=error, status=status):
+                # due from its creation time, so the backlog resumes in creation order
+                values: dict[str, Any] = {"next_attempt_at": row.created_at}
+                if error is not None:
+                    values.update(response_status=status, last_error=error)
+                done = outbox.settle(conn, row, OutboxStatus.PENDING, **values)
+                return Settled.RELEASED if done else Settled.LOST_LEASE
             case _:
                 assert_never(decision)
 

@@ -144,8 +144,39 @@ class Released:
     """Not tried (shutdown, or the key was refused for another row): back unspent."""
 
 
-Decision = Sent | Retry | Dead | Pause | Released
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """The API is unreachable and the shared circuit is open: back unspent and due from its
+    creation time, so the backlog goes again in creation order once a probe gets an answer."""
+
+    error: str | None
+    """The failure to record; None when the row was not tried (its last error stands)."""
+    status: int | None
+
+
+Decision = Sent | Retry | Dead | Pause | Released | Held
 """Everything a send can do to its row."""
+
+
+def unreachable(result: Result) -> bool:
+    """Whether an attempt says the API itself is down: no response (connection refused or
+    reset, timeout) or a 5xx. Any other answer, a 429 or a 4xx included, means it is up."""
+    return result.status is None or result.status >= 500
+
+
+def streak_after(streak: int, result: Result | None) -> int:
+    """The count of unreachable attempts in a row after ``result`` (None: not tried, which
+    changes nothing); any answer from the API ends the streak."""
+    if result is None:
+        return streak
+    return streak + 1 if unreachable(result) else 0
+
+
+def circuit_trips(streak: int, settings: DeliverySettings) -> bool:
+    """The circuit rule: it opens once ``delivery.circuit_failures`` attempts in a row, with
+    no answer between them, got no response or a 5xx. A single failure among successes never
+    reaches it, so it backs off alone."""
+    return streak >= settings.circuit_failures
 
 
 def decide(
@@ -154,10 +185,14 @@ def decide(
     settings: DeliverySettings,
     now: datetime,
     rng: random.Random | None = None,
+    circuit_open: bool = False,
 ) -> Decision:
-    """What ``result`` (None: not tried) does to ``row`` at ``now``."""
+    """What ``result`` (None: not tried) does to ``row`` at ``now``; while the circuit is
+    open, an unreachable API spends no attempt (:class:`Held`)."""
     if result is None:
-        return Released()
+        return Held(error=None, status=None) if circuit_open else Released()
+    if circuit_open and unreachable(result):
+        return Held(error=describe(result), status=result.status)
     attempts = row.attempts + 1
     outcome = classify(result.status)
     if outcome is Outcome.SENT:

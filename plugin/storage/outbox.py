@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, delete, func, select, update
 
+from .. import metrics
 from .engines import locked_batch, upsert
 from .enums import MARKETING_SUBJECTS, OutboxStatus
 from .tables import outbox
@@ -75,9 +76,11 @@ def enqueue(conn: Connection, events: Sequence[NewEvent], now: datetime) -> int:
     stmt = (
         upsert(conn, outbox)
         .on_conflict_do_nothing(index_elements=[outbox.c.dedupe_key])
-        .returning(outbox.c.id)
+        .returning(outbox.c.id, outbox.c.event_type_key)
     )
-    return len(conn.execute(stmt, rows).all())
+    inserted = conn.execute(stmt, rows).all()
+    metrics.enqueued(row.event_type_key for row in inserted)
+    return len(inserted)
 
 
 _CLAIMED_COLUMNS = (
@@ -160,13 +163,17 @@ def _claim_where(
     limit: int,
 ) -> list[Claimed]:
     token = str(uuid.uuid4())
-    candidates = locked_batch(select(outbox.c.id).where(condition).order_by(order).limit(limit))
+    candidates = locked_batch(
+        select(outbox.c.id).where(condition).order_by(order, outbox.c.id).limit(limit)
+    )
     stmt = (
         update(outbox)
         .where(outbox.c.id == candidates.c.id, condition)
         .values(status=OutboxStatus.IN_FLIGHT.value, lease_token=token, lease_expires_at=expiry)
         .returning(*_CLAIMED_COLUMNS)
     )
+    # RETURNING follows no order on PostgreSQL: sent oldest first, as claimed
+    rows = sorted(conn.execute(stmt), key=lambda r: r.id)
     return [
         Claimed(
             id=r.id,
@@ -181,7 +188,7 @@ def _claim_where(
             subject_id=r.subject_id,
             subject_version=r.subject_version,
         )
-        for r in conn.execute(stmt)
+        for r in rows
     ]
 
 
@@ -193,6 +200,24 @@ def settle(conn: Connection, claimed: Claimed, status: OutboxStatus, **values: A
         .values(status=status.value, lease_token=None, lease_expires_at=None, **values)
     )
     return conn.execute(stmt).rowcount == 1
+
+
+def forgive(conn: Connection, ids: Iterable[int]) -> int:
+    """Give back the attempt the rows ``ids`` spent when the API turned out to be down, and
+    make them due from their creation time; rows no longer pending are left alone."""
+    chosen = list(ids)
+    if not chosen:
+        return 0
+    stmt = (
+        update(outbox)
+        .where(
+            outbox.c.id.in_(chosen),
+            outbox.c.status == OutboxStatus.PENDING.value,
+            outbox.c.attempts > 0,
+        )
+        .values(attempts=outbox.c.attempts - 1, next_attempt_at=outbox.c.created_at)
+    )
+    return conn.execute(stmt).rowcount
 
 
 def release(conn: Connection, claimed: Claimed, now: datetime) -> bool:

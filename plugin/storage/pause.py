@@ -3,6 +3,9 @@
 While paused, no worker claims anything. When the pause ends, the key is checked without any
 event: a good key clears the pause, a refused one renews it. Without a verdict from that check,
 one event is sent as a probe; its success clears the pause, another 401 renews it.
+
+The circuit is the same kind of shared state, for an API that does not answer: while it is
+open no worker claims, and one probe per interval (taken by one process) asks the API again.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, select, text
+from sqlalchemy import Connection, delete, select, text, update
 
 from .engines import upsert
 from .tables import runtime_state
@@ -71,3 +74,67 @@ def pause(conn: Connection, reason: str, now: datetime, until: datetime) -> bool
 def resume(conn: Connection) -> bool:
     """Clear the pause (a probe succeeded, or the operator fixed the key); True if there was one."""
     return conn.execute(delete(runtime_state).where(runtime_state.c.name == PAUSE)).rowcount > 0
+
+
+CIRCUIT = "delivery_circuit"
+"""The shared circuit's row: open while it exists; ``until`` is when the next probe may go."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Circuit:
+    """The open circuit: the API looked unreachable (no response, 5xx) to most recent sends.
+
+    While it is open no worker claims anything; one probe per ``delivery.probe_interval``
+    (the oldest due event) checks whether the API answers again.
+    """
+
+    reason: str
+    since: datetime
+    until: datetime
+    """When the next probe may go (the last probe's time plus ``delivery.probe_interval``)."""
+
+    def probe_due(self, now: datetime) -> bool:
+        """True once a probe may be sent."""
+        return now >= self.until
+
+
+def circuit(conn: Connection) -> Circuit | None:
+    """The open circuit, if any."""
+    row = conn.execute(
+        select(runtime_state.c.value, runtime_state.c.until, runtime_state.c.updated_at).where(
+            runtime_state.c.name == CIRCUIT
+        )
+    ).first()
+    if row is None:
+        return None
+    return Circuit(reason=row.value or "", since=row.updated_at, until=row.until)
+
+
+def open_circuit(conn: Connection, reason: str, now: datetime, until: datetime) -> bool:
+    """Open the circuit until the first probe; True if it was not open yet (the caller logs
+    once). An open circuit is left as it is: its opening time and probe schedule stand."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PAUSE_LOCK_ID})
+    if circuit(conn) is not None:
+        return False
+    stmt = upsert(conn, runtime_state).values(
+        name=CIRCUIT, value=reason, until=until, updated_at=now
+    )
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=[runtime_state.c.name]))
+    return True
+
+
+def take_probe(conn: Connection, now: datetime, next_probe: datetime) -> bool:
+    """Claim the circuit's probe due at ``now`` and set the next one to ``next_probe``; True for
+    the one process and thread that gets it, so one probe goes per interval, whoever runs."""
+    stmt = (
+        update(runtime_state)
+        .where(runtime_state.c.name == CIRCUIT, runtime_state.c.until <= now)
+        .values(until=next_probe)
+    )
+    return conn.execute(stmt).rowcount == 1
+
+
+def close_circuit(conn: Connection) -> bool:
+    """Close the circuit (the API answered); True if it was open."""
+    return conn.execute(delete(runtime_state).where(runtime_state.c.name == CIRCUIT)).rowcount > 0

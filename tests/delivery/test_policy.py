@@ -13,6 +13,7 @@ from shop_events.delivery.policy import (
     AUTH_TEXT,
     PAUSE_REASON_MAX,
     Dead,
+    Held,
     Outcome,
     Pause,
     Released,
@@ -20,10 +21,13 @@ from shop_events.delivery.policy import (
     Retry,
     Sent,
     backoff,
+    circuit_trips,
     classify,
     decide,
     describe,
     gives_up,
+    streak_after,
+    unreachable,
 )
 from shop_events.storage.outbox import Claimed
 
@@ -323,3 +327,42 @@ def test_each_settled_kind_counts_in_its_own_field(settled: Settled) -> None:
     result.count(settled)
     counts = {f: getattr(result, f) for f in Settled}
     assert counts == {f: int(f is settled) for f in Settled}
+
+
+# ------------------------------------------------------------------------------ circuit
+
+
+@pytest.mark.parametrize(
+    ("status", "down"),
+    [(None, True), (500, True), (503, True), (200, False), (429, False), (400, False)],
+)
+def test_only_no_response_and_5xx_say_the_api_is_down(status: int | None, down: bool) -> None:
+    assert unreachable(Result(status, "")) is down
+
+
+def test_the_circuit_trips_after_circuit_failures_in_a_row_with_no_answer_between() -> None:
+    settings = dataclasses.replace(SETTINGS, circuit_failures=3)
+    streak = 0
+    for _ in range(2):
+        streak = streak_after(streak, Result(None, "ConnectionError"))
+    assert not circuit_trips(streak, settings)
+    assert streak_after(streak, None) == 2  # a send not tried changes nothing
+    assert circuit_trips(streak_after(streak, Result(503, "")), settings)
+
+
+def test_one_answer_ends_the_streak_so_a_single_failure_backs_off_alone() -> None:
+    settings = dataclasses.replace(SETTINGS, circuit_failures=3)
+    streak = 0
+    for status in (None, 503, 200, 500, 429, None, 500):
+        streak = streak_after(streak, Result(status, ""))
+        assert not circuit_trips(streak, settings)
+    assert streak == 2
+
+
+def test_while_the_circuit_is_open_an_unreachable_api_spends_no_attempt() -> None:
+    decision = decide(Result(None, "ConnectionError"), Row(attempts=3), SETTINGS, NOW, None, True)
+    assert decision == Held(error="no response: ConnectionError", status=None)
+    assert decide(None, Row(), SETTINGS, NOW, circuit_open=True) == Held(error=None, status=None)
+    assert isinstance(decide(Result(200, ""), Row(), SETTINGS, NOW, circuit_open=True), Sent)
+    assert isinstance(decide(Result(400, "bad"), Row(), SETTINGS, NOW, circuit_open=True), Dead)
+    assert isinstance(decide(Result(503, ""), Row(), SETTINGS, NOW), Retry)  # closed: per row

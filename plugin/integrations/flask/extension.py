@@ -18,7 +18,7 @@ from flask import Flask, current_app
 from ...config import CONFIG_PATH_ENV, ENV_PREFIX, Settings
 from ...tracker import Tracker
 from ..models import CaptureModels, CartMapping, CustomerMapping, OrderMapping
-from . import admin, tracking  # noqa: F401  (importing them attaches their views to the blueprint)
+from . import admin, healthz, metrics, tracking  # noqa: F401  (importing them attaches views)
 from .blueprint import AdminAccess, CurrentEmail, register
 
 EXTENSION_KEY = "shop_events"
