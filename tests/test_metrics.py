@@ -177,6 +177,7 @@ def test_scrape_reads_pending_rows_oldest_age_and_pause(
         "shop_events_pending_events": 0,
         "shop_events_oldest_pending_age_seconds": 0,
         "shop_events_delivery_paused": 0,
+        "shop_events_delivery_circuit_open": 0,
     }
     tracker.custom_event("login", key_value="ann@example.com", params={"n": 1})
     clock.tick(timedelta(minutes=2))
@@ -185,10 +186,12 @@ def test_scrape_reads_pending_rows_oldest_age_and_pause(
     with tracker.engine.begin() as conn:
         now = datetime.now(UTC)
         pause_state.pause(conn, "HTTP 401 from the API", now, now + timedelta(minutes=5))
+        pause_state.open_circuit(conn, "no response", now, now + timedelta(seconds=10))
     found = scrape(tracker)
     assert found["shop_events_pending_events"] == 2
     assert found["shop_events_oldest_pending_age_seconds"] == 150
     assert found["shop_events_delivery_paused"] == 1
+    assert found["shop_events_delivery_circuit_open"] == 1
 
 
 def test_an_unreadable_database_is_a_gauge_not_a_failed_scrape(

@@ -25,13 +25,13 @@ log = logging.getLogger(__name__)
 
 
 class HealthCollector:
-    """Gauges of the outbox and the pause, read from the database when Prometheus scrapes."""
+    """Gauges of the outbox, the pause and the circuit, read from the database at scrape time."""
 
     def __init__(self, tracker: Tracker) -> None:
         self._tracker = tracker
 
     def collect(self) -> Iterator[Metric]:
-        """Pending rows, the oldest pending row's age and the pause, as of now."""
+        """Pending rows, the oldest pending row's age, the pause and the circuit, as of now."""
         tracker = self._tracker
         readable = GaugeMetricFamily(
             "shop_events_database_readable",
@@ -64,6 +64,12 @@ class HealthCollector:
             "shop_events_delivery_paused",
             "1 while delivery is paused (the platform refused the API key), else 0.",
             value=1 if health.paused else 0,
+        )
+        yield GaugeMetricFamily(
+            "shop_events_delivery_circuit_open",
+            "1 while the shared circuit is open (the API gave no answer or 5xx to many sends in "
+            "a row; one probe per delivery.probe_interval), else 0.",
+            value=0 if health.circuit is None else 1,
         )
 
 
