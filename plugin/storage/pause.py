@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, delete, select, text, update
 
@@ -34,13 +35,18 @@ class Pause:
         return now < self.until
 
 
-def current(conn: Connection) -> Pause | None:
-    """The pause in force or expired-but-not-yet-probed, if any."""
-    row = conn.execute(
+def _state(conn: Connection, name: str) -> Any:
+    """One named shared state's ``value``, ``until`` and ``updated_at``, or None."""
+    return conn.execute(
         select(runtime_state.c.value, runtime_state.c.until, runtime_state.c.updated_at).where(
-            runtime_state.c.name == PAUSE
+            runtime_state.c.name == name
         )
     ).first()
+
+
+def current(conn: Connection) -> Pause | None:
+    """The pause in force or expired-but-not-yet-probed, if any."""
+    row = _state(conn, PAUSE)
     if row is None:
         return None
     return Pause(reason=row.value or "", until=row.until, since=row.updated_at)
@@ -100,11 +106,7 @@ class Circuit:
 
 def circuit(conn: Connection) -> Circuit | None:
     """The open circuit, if any."""
-    row = conn.execute(
-        select(runtime_state.c.value, runtime_state.c.until, runtime_state.c.updated_at).where(
-            runtime_state.c.name == CIRCUIT
-        )
-    ).first()
+    row = _state(conn, CIRCUIT)
     if row is None:
         return None
     return Circuit(reason=row.value or "", since=row.updated_at, until=row.until)
