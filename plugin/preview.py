@@ -42,6 +42,7 @@ iterations and macro calls (weighted), numbers within Java's ``long``.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import inspect
@@ -235,7 +236,7 @@ class _BadIndex(Exception):
     """An index outside a text or an array: reported as an ``index`` problem."""
 
 
-class _Value:
+class _Value(abc.ABC):
     """Template data other than text, numbers and booleans: what a template may do with it.
 
     Only the names in :attr:`METHODS` can be called, and only through :func:`_resolve`;
@@ -246,8 +247,9 @@ class _Value:
     METHODS: ClassVar[frozenset[str]] = frozenset()
     KIND: ClassVar[str] = "a value"
 
+    @abc.abstractmethod
     def _property(self, name: str) -> Any:
-        raise NotImplementedError
+        """``$value.name`` without parentheses: what this kind of value answers for it."""
 
     def equals(self, other: object) -> bool:
         return other is self
