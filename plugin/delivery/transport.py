@@ -338,8 +338,8 @@ class Transport:
         return stop is None or not stop.is_set()
 
     def send(self, api_path: str, body: bytes, stop: threading.Event | None = None) -> Result:
-        """POST one body when the rate limit allows; see :meth:`post`."""
-        self._limiter.acquire(stop)
+        """POST one body when the rate limit allows (:meth:`wait_turn`, then :meth:`post`)."""
+        self.wait_turn(stop)
         return self.post(api_path, body)
 
     def post(self, api_path: str, body: bytes) -> Result:
