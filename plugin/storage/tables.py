@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Dialect,
     Index,
     Integer,
@@ -177,3 +178,12 @@ runtime_state = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 """Shared flags of all processes, e.g. ``delivery_paused`` after a 401."""
+
+rate_schedule = Table(
+    "shop_events_rate_schedule",
+    metadata,
+    Column("family", String(32), primary_key=True),
+    Column("next_at", Float(precision=53), nullable=False),
+)
+"""Per endpoint family, the first instant (seconds since the epoch, on the database's clock)
+not yet handed to any sender: the account's rate limit, shared by every process and host."""
