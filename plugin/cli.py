@@ -19,11 +19,10 @@ from typing import Any
 import click
 from flask.cli import AppGroup, with_appcontext
 
-from .config import CONFIG_PATH_ENV, Settings, format_duration, parse_duration
-from .errors import ConfigError
-from .health import problems
+from .config import CONFIG_PATH_ENV, Settings, format_duration, parse_duration, scrub
+from .errors import ConfigError, ValidationError
+from .health import Health, problems
 from .storage import outbox, pause
-from .storage.enums import OutboxStatus
 from .tracker import Tracker
 
 TrackerFactory = Callable[[], Tracker]
@@ -38,10 +37,37 @@ def load_settings(config: str | None) -> Settings:
     return Settings.load(env=os.environ)
 
 
-def _tracker() -> Tracker:
+def _tracker(*, tables: bool = False) -> Tracker:
+    """The command's tracker; with ``tables``, stop with one line (no traceback, no empty SQLite
+    file created) when the plugin's tables are not there."""
     factory = click.get_current_context().find_object(_Factory)
     assert factory is not None
-    return factory.get()
+    tracker = factory.get()
+    if tables:
+        why = _missing_tables(tracker)
+        if why is not None:
+            raise click.ClickException(f"{tracker.database}: {why}")
+    return tracker
+
+
+def _missing_tables(tracker: Tracker) -> str | None:
+    """What is wrong with the plugin's tables and how to fix it, or None when they are ready.
+    A database that cannot be read stops the command with one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .storage.migrate import missing_tables
+
+    try:
+        why = missing_tables(tracker.engine)
+    except SQLAlchemyError as exc:
+        reason = scrub(str(exc).splitlines()[0], tracker.settings.database.url)
+        message = f"{tracker.database}: cannot read the database: {reason}"
+        raise click.ClickException(message) from None
+    if why is None:
+        return None
+    root = click.get_current_context().find_root().command
+    command = "shop-events migrate" if root is cli else "flask shop-events migrate"
+    return f"the plugin's tables are missing ({why}): run `{command}` first"
 
 
 class _Factory:
@@ -80,7 +106,7 @@ def migrate() -> None:
 
     tracker = _tracker()
     tracker.migrate()
-    click.echo(f"database at revision {current_revision(tracker.engine)}")
+    click.echo(f"database at revision {current_revision(tracker.engine)}: {tracker.database}")
 
 
 @click.command()
@@ -98,8 +124,7 @@ def migrate() -> None:
 )
 def worker(metrics_port: int | None, metrics_addr: str) -> None:
     """Run scan and dispatch until SIGTERM or Ctrl-C; then finish sends and release the rest."""
-    tracker = _tracker()
-    _require_migrated(tracker)
+    tracker = _tracker(tables=True)
     if metrics_port is not None:
         _serve_metrics(tracker, metrics_port, metrics_addr)
     stop = threading.Event()
@@ -141,7 +166,7 @@ def _serve_metrics(tracker: Tracker, port: int, addr: str) -> None:
 @click.command()
 def scan() -> None:
     """One abandonment scan now."""
-    result = _tracker().scan()
+    result = _tracker(tables=True).scan()
     click.echo(
         f"abandoned {result.abandoned}, suppressed {result.suppressed}, queued {result.enqueued}"
     )
@@ -150,7 +175,7 @@ def scan() -> None:
 @click.command()
 def dispatch() -> None:
     """Deliver everything due now."""
-    result = _tracker().dispatch()
+    result = _tracker(tables=True).dispatch()
     click.echo(
         f"sent {result.sent}, retried {result.retried}, dead {result.dead}, "
         f"superseded {result.superseded}" + (" (delivery paused)" if result.paused else "")
@@ -166,8 +191,22 @@ def dispatch() -> None:
     "(missing-tables, paused, circuit, stalled) and exit 1. For cron and Nagios.",
 )
 def status(as_json: bool, check: bool) -> None:
-    """Counts by status and type, oldest pending age, pause and last error."""
+    """Counts by status and type, oldest pending age, pause and last error.
+
+    It says which database it opened; when the plugin's tables are not there, it says so and
+    exits 1 (``--check`` prints ``missing-tables``), creating nothing.
+    """
     tracker = _tracker()
+    missing = _missing_tables(tracker)
+    if missing is not None:
+        if check:
+            click.echo("missing-tables")
+        elif as_json:
+            click.echo(json.dumps({"database": tracker.database, "missing_tables": missing}))
+        else:
+            click.echo(f"database: {tracker.database}")
+            click.echo(missing)
+        raise click.exceptions.Exit(1)
     if check:
         found = problems(tracker.engine, tracker.settings, tracker.clock())
         click.echo(found[0] if found else "ok")
@@ -179,6 +218,7 @@ def status(as_json: bool, check: bool) -> None:
     oldest = health.oldest_pending_age
     age = oldest.total_seconds() if oldest is not None else None
     report: dict[str, Any] = {
+        "database": tracker.database,
         "by_status": health.by_status,
         "by_type": health.by_type,
         "oldest_pending_age_seconds": age,
@@ -192,10 +232,37 @@ def status(as_json: bool, check: bool) -> None:
         "last_error": health.last_error,
         "api_key_set": tracker.transport.ready,
         "suppressed": {str(k): dict(v) for k, v in health.suppressed.items()},
+        "capture_errors_total": health.capture_errors_total,
+        "capture_errors": [
+            {
+                "mapping": e.mapping,
+                "field": e.field,
+                "count": e.count,
+                "first_at": e.first_at.isoformat(),
+                "last_at": e.last_at.isoformat(),
+                "last_subject": e.last_subject,
+                "last_error": e.last_error,
+            }
+            for e in health.capture_errors
+        ],
+        "kept_captures_total": health.kept_total,
+        "kept_captures": [
+            {
+                "subject": k.subject,
+                "mapping": k.mapping,
+                "field": k.last_field,
+                "attempts": k.attempts,
+                "first_at": k.first_at.isoformat(),
+                "last_at": k.last_at.isoformat(),
+                "last_error": k.last_error,
+            }
+            for k in health.kept
+        ],
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    click.echo(f"database: {tracker.database}")
     click.echo("events by status: " + ", ".join(f"{k} {v}" for k, v in health.by_status.items()))
     for event_type, counts in sorted(health.by_type.items()):
         click.echo(f"  {event_type}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -221,27 +288,55 @@ def status(as_json: bool, check: bool) -> None:
     for subject, reasons in health.suppressed.items():
         listed = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
         click.echo(f"suppressed {subject.value}s (nothing sent): {listed}")
+    _echo_capture_problems(health)
+
+
+def _echo_capture_problems(health: Health, shown: int = 10) -> None:
+    """The captures from the shop's models that failed, and those kept to be tried again."""
+    if health.kept_total:
+        click.echo(f"captures kept to try again at their next commit: {health.kept_total}")
+        for kept in health.kept[:shown]:
+            since = kept.first_at.isoformat(timespec="seconds")
+            click.echo(
+                f"  {kept.subject} since {since} ({kept.attempts} attempts): "
+                f"{kept.mapping}.{kept.last_field}: {kept.last_error}"
+            )
+    if not health.capture_errors_total:
+        click.echo("capture errors: none")
+        return
+    click.echo(f"capture errors: {health.capture_errors_total} (newest first)")
+    for error in health.capture_errors[:shown]:
+        at = error.last_at.isoformat(timespec="seconds")
+        times = "once" if error.count == 1 else f"{error.count} times"
+        about = f"; last {error.last_subject}" if error.last_subject else ""
+        click.echo(f"  {at} {error.mapping}.{error.field}: {error.last_error} ({times}{about})")
 
 
 @click.command("send-test")
 @click.option("--email", required=True, help="The contact to send the test event for.")
 @click.option("--event-type", default="shop_events_test", show_default=True)
 def send_test(email: str, event_type: str) -> None:
-    """Send one real event now, to check the key and see it in the platform's event history."""
+    """Send one real event now, to check the key and see it in the platform's event history.
+
+    The event is sent at once and only once, outside the outbox: whatever the answer, nothing is
+    queued, retried or sent later, and a refused key does not pause delivery.
+    """
     tracker = _tracker()
-    key = tracker.custom_event(
-        event_type,
-        key_value=email,
-        params={"email": email, "sent_at": tracker.clock().isoformat(timespec="seconds")},
-    )
-    tracker.dispatch()
-    with tracker.engine.connect() as conn:
-        row = outbox.find(conn, key)
-    assert row is not None, "custom_event queued it"
-    if row.status == OutboxStatus.SENT.value:
-        click.echo(f"sent: HTTP {row.response_status}; look for '{event_type}' in Event history")
+    if not tracker.transport.ready:
+        raise click.ClickException("not sent: no api.key is set (SHOP_EVENTS_API_KEY)")
+    try:
+        result = tracker.send_test(email, event_type)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--email/--event-type") from None
+    if result.status is not None and 200 <= result.status < 300:
+        click.echo(f"sent: HTTP {result.status}; look for '{event_type}' in Event history")
         return
-    raise click.ClickException(f"not sent ({row.status}): {row.last_error or 'delivery is paused'}")
+    if result.status is None:
+        raise click.ClickException(f"not sent: no answer from the API: {result.text}")
+    why = f"HTTP {result.status}: {result.text}".rstrip(": ")
+    if result.status in (401, 403):
+        why += " (the platform refused the key: check api.key; delivery was not paused)"
+    raise click.ClickException(f"not sent: {why}")
 
 
 @click.command()
@@ -255,7 +350,7 @@ def replay(
     """Requeue dead events (all of them, or those selected)."""
     from datetime import UTC
 
-    tracker = _tracker()
+    tracker = _tracker(tables=True)
     with tracker.engine.begin() as conn:
         count = outbox.replay(
             conn,
@@ -286,7 +381,7 @@ def purge(older_than: str | None, dead: bool) -> None:
             raise click.BadParameter(str(exc), param_hint="--older-than") from None
         if age <= timedelta(0):
             raise click.BadParameter("must be longer than 0s", param_hint="--older-than")
-    tracker = _tracker()
+    tracker = _tracker(tables=True)
     if age is None:
         age = timedelta(days=tracker.settings.retention.days)
     counts = tracker.purge(older_than=age, dead_letters=dead)
@@ -302,7 +397,7 @@ def purge(older_than: str | None, dead: bool) -> None:
 @click.command()
 def resume() -> None:
     """Lift a delivery pause now (after fixing the API key)."""
-    tracker = _tracker()
+    tracker = _tracker(tables=True)
     with tracker.engine.begin() as conn:
         lifted = pause.resume(conn)
     click.echo("delivery resumed" if lifted else "delivery was not paused")
@@ -361,7 +456,7 @@ def preview(
             with open(str(event_file), "rb") as file:
                 body = load_body(file.read())
         else:
-            tracker = _tracker()
+            tracker = _tracker(tables=True)
             with tracker.engine.connect() as conn:
                 row = outbox.get(conn, event_id)
             if row is None:
@@ -403,17 +498,6 @@ def demo(simulate: int | None, port: int, receiver_port: int) -> None:
     from .demo.run import run_demo
 
     run_demo(shop_port=port, receiver_port=receiver_port)
-
-
-def _require_migrated(tracker: Tracker) -> None:
-    from .storage.migrate import current_revision, head_revision
-
-    current, head = current_revision(tracker.engine), head_revision()
-    if current != head:
-        raise click.ClickException(
-            f"the database is at revision {current or 'none'}, this plugin needs {head}: "
-            "run `shop-events migrate` first"
-        )
 
 
 COMMANDS = (

@@ -1,8 +1,9 @@
 """The plugin's health, read once for every place that shows it.
 
 ``shop-events status`` and the operator health page show the same facts: events by status and
-by type, the oldest event still waiting, the delivery pause, the newest error, and the
-activity still waiting for its abandonment time. :func:`read_health` reads them in one
+by type, the oldest event still waiting, the delivery pause, the newest error, the activity
+still waiting for its abandonment time, and the captures from the shop's models that failed
+(per mapping and field) or wait to be tried again. :func:`read_health` reads them in one
 connection into a :class:`Health`.
 
 Whether delivery is healthy is decided here only: :func:`problems` names what is wrong in one
@@ -22,8 +23,10 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from .config import Settings, format_duration
-from .storage import activity, outbox, pause
+from .storage import activity, capture_errors, kept_captures, outbox, pause
+from .storage.capture_errors import CaptureError
 from .storage.enums import FlowState, Subject
+from .storage.kept_captures import KeptCapture
 from .storage.pause import Circuit, Pause
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,14 @@ class Health:
     (``no_contact``, ``opted_out``, ``capped``, ``unbuildable``); subjects with none left out."""
     circuit: Circuit | None = None
     """The open circuit (since, next probe, reason), or None while the API answers."""
+    capture_errors: tuple[CaptureError, ...] = ()
+    """Failed captures per mapping and field, the most recent first (at most
+    ``web.admin_page_size``): count, first and last time, the newest message."""
+    capture_errors_total: int = 0
+    """Failed captures counted, all mappings and fields together."""
+    kept: tuple[KeptCapture, ...] = ()
+    """Captures kept to be tried again at the next commit that touches them, longest first."""
+    kept_total: int = 0
 
     @property
     def oldest_pending_age(self) -> timedelta | None:
@@ -137,6 +148,10 @@ def _read(conn: Connection, settings: Settings, now: datetime) -> Health:
             for subject in activity.SUBJECTS
             if (counts := activity.count_suppressed_by_reason(conn, subject))
         },
+        capture_errors=tuple(capture_errors.newest(conn, settings.web.admin_page_size)),
+        capture_errors_total=capture_errors.total(conn),
+        kept=tuple(kept_captures.oldest(conn, settings.web.admin_page_size)),
+        kept_total=kept_captures.count(conn),
     )
 
 

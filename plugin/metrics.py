@@ -50,6 +50,12 @@ SUPERSEDED = Counter(
     "Queued events no longer wanted when their turn came (an order, an opt-out, ...).",
     _TYPE,
 )
+CAPTURE_ERRORS = Counter(
+    "shop_events_capture_errors",
+    "Captures from the shop's models that failed, by mapping and field (a getter raised, a "
+    "value was refused, the write failed).",
+    ["mapping", "field"],
+)
 SEND_SECONDS = Histogram(
     "shop_events_send_seconds",
     "Duration of one request to the platform, answered or not.",
@@ -91,6 +97,11 @@ def captured(what: str, started: float) -> None:
     """
     CAPTURED.labels(event_type=what.split("(", 1)[0]).inc()
     CAPTURE_SECONDS.observe(monotonic() - started)
+
+
+def capture_failed(mapping: str, field: str) -> None:
+    """Count one failed capture of ``mapping`` (``cart``, ``order`` …) at ``field``."""
+    CAPTURE_ERRORS.labels(mapping=mapping, field=field).inc()
 
 
 def enqueued(event_types: Iterable[str]) -> None:

@@ -108,6 +108,8 @@ class Scheduler:
     (and any ``more`` jobs at theirs), each on its own thread, on a monotonic clock.
 
     With ``lock_path`` (SQLite), the jobs run only while this process holds that file lock.
+    With ``ready``, they start only once it returns True (the tables exist); until then it is
+    asked again every shortest interval.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class Scheduler:
         *,
         lock_path: Path | None = None,
         clock: MonotonicClock | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._settings = settings
         self._jobs = {
@@ -127,6 +130,7 @@ class Scheduler:
             **{name: (job, every.total_seconds()) for name, (job, every) in (more or {}).items()},
         }
         self._clock: MonotonicClock = clock or SystemMonotonic()
+        self._ready = ready
         self._jobs_lock = JobsLock(lock_path) if lock_path is not None else None
         self._stop = threading.Event()
         self._lead: threading.Thread | None = None
@@ -211,10 +215,14 @@ class Scheduler:
     # -- the threads ---------------------------------------------------------------------------
 
     def _elect(self, stop: threading.Event) -> None:
-        """Take the jobs lock (or stand by until it is free), then run the jobs."""
+        """Wait until ``ready``, take the jobs lock (or stand by until it is free), then run
+        the jobs."""
+        poll = min(every for _, every in self._jobs.values())
+        while not self._is_ready():
+            if self._clock.sleep(stop, poll):
+                return
         jobs_lock = self._jobs_lock
         if jobs_lock is not None:
-            poll = min(every for _, every in self._jobs.values())
             said = False
             while not self._try_lock(jobs_lock):
                 if not said:
@@ -245,6 +253,14 @@ class Scheduler:
             self._threads = threads
             for thread in threads:
                 thread.start()
+
+    def _is_ready(self) -> bool:
+        if self._ready is None:
+            return True
+        try:
+            return self._ready()
+        except Exception:  # the check says why itself; the jobs wait for the next look
+            return False
 
     @staticmethod
     def _try_lock(jobs_lock: JobsLock) -> bool:

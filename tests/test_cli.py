@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -179,11 +180,61 @@ def test_status_shows_an_open_circuit(
     assert status_json(invoke)["circuit_open"] is False
 
 
-def test_worker_refuses_an_unmigrated_database(invoke: Invoke) -> None:
+def test_worker_refuses_an_unmigrated_database(invoke: Invoke, tmp_path: Path) -> None:
     result = invoke("worker")
     assert result.exit_code == 1
-    assert "run `shop-events migrate` first" in result.output
-    assert "revision none" in result.output
+    assert result.output == (
+        f"Error: sqlite:///{tmp_path / 'events.db'}: the plugin's tables are missing (there is "
+        f"no database file {tmp_path / 'events.db'}): run `shop-events migrate` first\n"
+    )
+    assert not (tmp_path / "events.db").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("scan",), ("dispatch",), ("replay",), ("purge",), ("resume",), ("worker",)],
+    ids=lambda args: args[0],
+)
+def test_without_a_config_commands_say_which_database_has_no_tables_and_create_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, list(command))
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    database = tmp_path / "shop_events.db"
+    assert result.output.splitlines() == [
+        f"Error: sqlite:///{database}: the plugin's tables are missing (there is no database "
+        f"file {database}): run `shop-events migrate` first"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_that_cannot_be_read_is_one_line_without_its_password(tmp_path: Path) -> None:
+    config = tmp_path / "shop.toml"
+    config.write_text(
+        '[database]\nurl = "postgresql+psycopg://shop:s3cr3t-pw@127.0.0.1:9/shop"\n'
+        'connect_timeout = "1s"\n',
+        encoding="utf-8",
+    )
+    for command in (["status"], ["status", "--check"], ["scan"]):
+        result = CliRunner().invoke(cli, ["--config", str(config), *command])
+        assert result.exit_code == 1
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        [line] = result.output.splitlines()
+        assert line.startswith(
+            "Error: postgresql+psycopg://shop:***@127.0.0.1:9/shop: cannot read the database: "
+        )
+        assert "s3cr3t-pw" not in result.output
+
+
+def test_a_database_without_the_tables_is_named_too(invoke: Invoke, tmp_path: Path) -> None:
+    database = tmp_path / "events.db"
+    sqlite3.connect(database).close()  # a file, but no tables in it
+    result = invoke("scan")
+    assert result.exit_code == 1
+    assert "the database has none of the plugin's tables" in result.output
+    assert str(database) in result.output
 
 
 # ---------------------------------------------------------------------------------- status
@@ -225,11 +276,41 @@ def test_status_counts_and_age(
     assert "delivery running" in human.output
 
 
-def test_status_of_an_empty_outbox(invoke: Invoke, migrated: None) -> None:
+def test_status_of_an_empty_outbox(invoke: Invoke, migrated: None, tmp_path: Path) -> None:
     report = status_json(invoke)
     assert report["oldest_pending_age_seconds"] is None
     assert report["by_type"] == {}
-    assert "oldest pending: none" in invoke("status").output
+    assert report["database"] == f"sqlite:///{tmp_path / 'events.db'}"
+    human = invoke("status").output
+    assert "oldest pending: none" in human
+    assert human.startswith(f"database: sqlite:///{tmp_path / 'events.db'}\n")
+
+
+def test_status_without_a_config_names_the_database_and_creates_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    database = tmp_path / "shop_events.db"
+    human = runner.invoke(cli, ["status"])
+    assert human.exit_code == 1
+    assert human.exception is None or isinstance(human.exception, SystemExit)
+    assert human.output.splitlines() == [
+        f"database: sqlite:///{database}",
+        f"the plugin's tables are missing (there is no database file {database}): "
+        "run `shop-events migrate` first",
+    ]
+    machine = runner.invoke(cli, ["status", "--json"])
+    assert machine.exit_code == 1
+    assert json.loads(machine.output)["database"] == f"sqlite:///{database}"
+    assert "tables are missing" in json.loads(machine.output)["missing_tables"]
+    check = runner.invoke(cli, ["status", "--check"])
+    assert (check.exit_code, check.output) == (1, "missing-tables\n")
+    assert list(tmp_path.iterdir()) == []
+
+    assert runner.invoke(cli, ["migrate"]).exit_code == 0  # the same file, now with its tables
+    assert runner.invoke(cli, ["status"]).exit_code == 0
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".db"] == ["shop_events.db"]
 
 
 def test_status_check_exits_non_zero_with_one_word(
@@ -265,7 +346,9 @@ def test_status_check_exits_non_zero_with_one_word(
 # ------------------------------------------------------------------------------- send-test
 
 
-def test_send_test_delivers_one_event(invoke: Invoke, migrated: None, receiver: Receiver) -> None:
+def test_send_test_delivers_one_event_now_outside_the_outbox(
+    invoke: Invoke, migrated: None, receiver: Receiver
+) -> None:
     result = invoke("send-test", "--email", "ann@example.com")
     assert result.exit_code == 0, result.output
     assert "sent: HTTP 200" in result.output
@@ -275,13 +358,16 @@ def test_send_test_delivers_one_event(invoke: Invoke, migrated: None, receiver: 
     assert Receiver.params(event)["email"] == "ann@example.com"
     assert len(receiver.requests) == 1
     assert basic_password(receiver) == receiver.api_key
-    assert status_json(invoke)["by_status"] == {
-        "pending": 0,
-        "in_flight": 0,
-        "sent": 1,
-        "dead": 0,
-        "superseded": 0,
-    }
+    assert set(status_json(invoke)["by_status"].values()) == {0}  # type: ignore[attr-defined]
+
+
+def test_send_test_needs_no_tables_and_creates_no_database(
+    invoke: Invoke, receiver: Receiver, tmp_path: Path
+) -> None:
+    result = invoke("send-test", "--email", "ann@example.com")
+    assert result.exit_code == 0, result.output
+    assert len(receiver.events) == 1
+    assert not (tmp_path / "events.db").exists()
 
 
 def test_send_test_event_type_option(invoke: Invoke, migrated: None, receiver: Receiver) -> None:
@@ -291,7 +377,14 @@ def test_send_test_event_type_option(invoke: Invoke, migrated: None, receiver: R
     assert receiver.events[0]["eventTypeKey"] == "my_check"
 
 
-def test_send_test_with_a_wrong_key_pauses_and_hides_the_key(
+def test_send_test_refuses_bad_input_naming_the_field(invoke: Invoke, receiver: Receiver) -> None:
+    result = invoke("send-test", "--email", "not-an-email")
+    assert result.exit_code == 2
+    assert "email:" in result.output
+    assert receiver.requests == []
+
+
+def test_send_test_with_a_wrong_key_says_so_and_neither_pauses_nor_sends_later(
     tmp_path: Path,
     receiver: Receiver,
     caplog: pytest.LogCaptureFixture,
@@ -305,28 +398,54 @@ def test_send_test_with_a_wrong_key_pauses_and_hides_the_key(
 
     assert run("migrate").exit_code == 0
     result = run("send-test", "--email", "ann@example.com")
-    assert result.exit_code != 0
-    assert "401" in result.output
-    assert "not sent (pending)" in result.output  # kept for a good key, not dead
+    assert result.exit_code == 1
+    assert "not sent: HTTP 401" in result.output
+    assert "the platform refused the key: check api.key; delivery was not paused" in result.output
     assert WRONG_KEY not in result.output
-    assert "delivery paused until" in caplog.text
     assert WRONG_KEY not in caplog.text
     assert basic_password(receiver) == WRONG_KEY  # it really was sent, as the password
-    assert receiver.events == []
+    assert [r.method for r in receiver.requests] == ["POST"]  # no key check, no pause
 
     report = json.loads(run("status", "--json").stdout)
-    assert report["paused"] is True
-    assert "401" in str(report["pause_reason"])
-    assert WRONG_KEY not in json.dumps(report)
-    human = run("status").output
-    assert "delivery paused until" in human
-    assert WRONG_KEY not in human
+    assert report["paused"] is False
+    assert set(report["by_status"].values()) == {0}  # nothing queued for later
+    receiver.api_key = WRONG_KEY  # the key becomes good: nothing was kept to send
+    assert "sent 0" in run("dispatch").output
+    assert receiver.events == []
+    again = run("send-test", "--email", "bob@example.com")  # and a second try is sent now
+    assert again.exit_code == 0, again.output
+    assert [e["keyValue"] for e in receiver.events] == ["bob@example.com"]
 
-    while_paused = run("send-test", "--email", "bob@example.com")
-    assert while_paused.exit_code != 0
-    assert "delivery is paused" in while_paused.output
-    # the event, then the key check it led to (GET, refused too); nothing while paused
-    assert [r.method for r in receiver.requests] == ["POST", "GET"]
+
+def test_send_test_without_an_answer_or_a_key_says_why(
+    tmp_path: Path, receiver: Receiver, invoke: Invoke
+) -> None:
+    receiver.script(Reply(400, "bad"))
+    refused = invoke("send-test", "--email", "ann@example.com")
+    assert (refused.exit_code, refused.output) == (1, "Error: not sent: HTTP 400: bad\n")
+    nobody = write_config(tmp_path / "gone.toml", receiver)
+    nobody.write_text(
+        nobody.read_text().replace(receiver.base_url, "http://127.0.0.1:9/api"), "utf-8"
+    )
+    gone = invoke("send-test", "--email", "ann@example.com", config_file=nobody)
+    assert gone.exit_code == 1
+    assert "not sent: no answer from the API" in gone.output
+    keyless = write_config(tmp_path / "keyless.toml", receiver, key="")
+    keyless.write_text(keyless.read_text().replace(receiver.base_url, "https://api.example/api"))
+    unset = invoke("send-test", "--email", "ann@example.com", config_file=keyless)
+    assert (unset.exit_code, unset.output) == (
+        1,
+        "Error: not sent: no api.key is set (SHOP_EVENTS_API_KEY)\n",
+    )
+
+
+def queue_event(config: Path, email: str) -> None:
+    """One event in the outbox of the config's database, as a capture queues it."""
+    tracker = Tracker(Settings.from_file(config, env={}))
+    try:
+        tracker.custom_event("wishlist_reminder", key_value=email, params={"email": email})
+    finally:
+        tracker.engine.dispose()
 
 
 def test_resume_lifts_a_pause(tmp_path: Path, receiver: Receiver) -> None:
@@ -337,7 +456,8 @@ def test_resume_lifts_a_pause(tmp_path: Path, receiver: Receiver) -> None:
         return runner.invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
 
     assert run("migrate").exit_code == 0
-    assert run("send-test", "--email", "ann@example.com").exit_code != 0
+    queue_event(config, "ann@example.com")
+    assert run("dispatch").exit_code == 0  # 401: delivery pauses
     assert json.loads(run("status", "--json").stdout)["paused"] is True
 
     receiver.api_key = WRONG_KEY  # the operator fixes the key on the platform's side
@@ -358,11 +478,13 @@ def test_resume_lifts_a_pause(tmp_path: Path, receiver: Receiver) -> None:
 # ---------------------------------------------------------------------- replay, scan, dispatch
 
 
-def test_replay_requeues_dead_rows(invoke: Invoke, migrated: None, receiver: Receiver) -> None:
+def test_replay_requeues_dead_rows(
+    invoke: Invoke, migrated: None, receiver: Receiver, config: Path
+) -> None:
     receiver.script(Reply(400, "bad"))
-    failed = invoke("send-test", "--email", "ann@example.com")
-    assert failed.exit_code != 0
-    assert "not sent (dead): HTTP 400: bad" in failed.output
+    queue_event(config, "ann@example.com")
+    failed = invoke("dispatch")
+    assert "dead 1" in failed.output
     report = status_json(invoke)
     assert report["by_status"]["dead"] == 1  # type: ignore[index]
     assert report["last_error"] == "HTTP 400: bad"
@@ -383,8 +505,9 @@ def test_replay_requeues_dead_rows(invoke: Invoke, migrated: None, receiver: Rec
 
 def test_replay_by_id(invoke: Invoke, migrated: None, receiver: Receiver, config: Path) -> None:
     receiver.script(Reply(400, "bad"), Reply(400, "bad"))
-    invoke("send-test", "--email", "ann@example.com")
-    invoke("send-test", "--email", "bob@example.com")
+    queue_event(config, "ann@example.com")
+    queue_event(config, "bob@example.com")
+    assert "dead 2" in invoke("dispatch").output
     tracker = Tracker(Settings.from_file(config, env={}))
     with tracker.engine.connect() as conn:
         ids = dict(conn.execute(select(outbox.c.key_value, outbox.c.id)).all())

@@ -340,6 +340,43 @@ def test_a_run_that_overruns_its_interval_is_followed_by_one_run_not_a_burst() -
         scheduler.shutdown()
 
 
+def test_no_job_runs_before_ready_says_so_which_is_asked_every_shortest_interval() -> None:
+    """The tables do not exist yet: the jobs wait, asking again each dispatch interval."""
+    clock = ManualMonotonic()
+    recorder = Recorder()
+    answers: list[bool] = []
+    tables = threading.Event()
+
+    def ready() -> bool:
+        answers.append(tables.is_set())
+        if len(answers) == 2:
+            raise RuntimeError("the database is down for a moment")
+        return tables.is_set()
+
+    settings = SchedulerSettings(
+        scan_interval=timedelta(minutes=1), dispatch_interval=timedelta(seconds=5)
+    )
+    scheduler = Scheduler(
+        settings, recorder.job("scan"), recorder.job("dispatch"), clock=clock, ready=ready
+    )
+    try:
+        scheduler.start()
+        assert eventually(lambda: clock.sleepers == 1 and len(answers) == 1)
+        for looks in (2, 3):
+            clock.advance(5)
+            assert eventually(lambda looks=looks: clock.sleepers == 1 and len(answers) == looks)
+        assert scheduler.running and not scheduler.runs_jobs
+        assert (recorder.count("scan"), recorder.count("dispatch")) == (0, 0)
+        tables.set()
+        clock.advance(4.9)
+        assert eventually(lambda: clock.sleepers == 1) and len(answers) == 3
+        clock.advance(0.1)
+        assert settle(clock, recorder, 1, 1)
+        assert scheduler.runs_jobs and answers == [False, False, False, True]
+    finally:
+        scheduler.shutdown()
+
+
 # -- one job runner per SQLite file ---------------------------------------------------------------
 
 

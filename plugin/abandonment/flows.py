@@ -20,7 +20,7 @@ from ..payload.events import Param, build_body, build_items_event
 from ..payload.items import items_total
 from ..payload.validation import encode_body
 from ..storage import activity, carts, consent
-from ..storage.enums import FlowState, Subject
+from ..storage.enums import FlowState, SkipReason, Subject
 from ..storage.outbox import NewEvent
 
 Row = Any
@@ -142,6 +142,8 @@ def unwanted(
         return f"the {subject_type} no longer exists"
     if row.state in _GONE:
         return _GONE[row.state]
+    if row.state == FlowState.SUPPRESSED.value and row.skip_reason == SkipReason.INVALID.value:
+        return f"the {subject_type}'s current state could not be captured"
     if row.version != subject_version:
         return f"the {subject_type} changed (version {subject_version} → {row.version})"
     return flow.cancelled(conn, row)

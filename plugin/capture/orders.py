@@ -102,8 +102,7 @@ class OrderHooks(Hooks):
         order_key = check_host_id(order_id, "order_id")
         order_status = check_status(status)
         contact = check_email(email) if email is not None else None
-        settings = self.settings.orders
-        event_type = settings.status_events.get(order_status, settings.updated_event_type_key)
+        event_type = self.settings.orders.event_for(order_status)
         now = self.clock()
 
         def write(conn: Connection) -> None:

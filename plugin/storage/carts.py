@@ -82,6 +82,23 @@ def clear(conn: Connection, cart_id: str, now: datetime) -> None:
     )
 
 
+def reject(conn: Connection, cart_id: str, now: datetime) -> bool:
+    """The cart's current state could not be captured: an open cart is ``suppressed`` (reason
+    ``invalid``) so that its older state is never reminded, until a valid state re-arms it. A
+    reminder already queued for it is dropped at send time. False when no open cart was there.
+    """
+    done = conn.execute(
+        update(carts)
+        .where(carts.c.cart_id == cart_id, carts.c.state.in_([s.value for s in OPEN_STATES]))
+        .values(
+            state=FlowState.SUPPRESSED.value,
+            skip_reason=SkipReason.INVALID.value,
+            last_activity_at=now,
+        )
+    )
+    return bool(done.rowcount)
+
+
 def convert(conn: Connection, email: str, cart_id: str | None = None) -> None:
     """An order: every open cart of the contact (and ``cart_id``) stops being a candidate."""
     owner: ColumnElement[bool] = carts.c.email == email
@@ -130,7 +147,8 @@ def _upsert(dialect: str) -> Executable:
     """The cart upsert, built once per dialect: building it costs more than running it.
 
     A changed cart becomes a new version and (again) ``active``; an unchanged one only records
-    the activity, so a shopper who looks at an abandoned cart does not re-arm it.
+    the activity, so a shopper who looks at an abandoned cart does not re-arm it. A cart
+    suppressed because its last state was refused is re-armed by any valid state.
     """
     insert = (postgresql if dialect == "postgresql" else sqlite).insert(carts)
     now = bindparam("now", type_=UTCDateTime)
@@ -150,7 +168,9 @@ def _upsert(dialect: str) -> Executable:
     changed = carts.c.content_hash != new.content_hash
     no_contact: ColumnElement[str] = literal_column(f"'{SkipReason.NO_CONTACT.value}'")
     newly_reachable = (carts.c.skip_reason == no_contact) & new.email.is_not(None)
-    rearm = or_(changed, carts.c.state == active, newly_reachable)
+    invalid: ColumnElement[str] = literal_column(f"'{SkipReason.INVALID.value}'")
+    valid_again = carts.c.skip_reason == invalid
+    rearm = or_(changed, carts.c.state == active, newly_reachable, valid_again)
     upserted: Executable = stmt.on_conflict_do_update(
         index_elements=[carts.c.cart_id],
         set_={
@@ -182,4 +202,5 @@ __all__ = [
     "convert",
     "give_email",
     "record",
+    "reject",
 ]

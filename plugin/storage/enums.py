@@ -42,6 +42,9 @@ class SkipReason(StrEnum):
     CANCELLED = "cancelled"
     UNBUILDABLE = "unbuildable"
     """Its event could not be built (too large, malformed stored data): logged with the error."""
+    INVALID = "invalid"
+    """The cart's current state could not be captured (refused or unreadable): its older state
+    is not reminded until a valid one arrives. The error is counted in the capture errors."""
 
 
 class OutboxStatus(StrEnum):

@@ -14,8 +14,8 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
-    Float,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -187,3 +187,35 @@ rate_schedule = Table(
 )
 """Per endpoint family, the first instant (seconds since the epoch, on the database's clock)
 not yet handed to any sender: the account's rate limit, shared by every process and host."""
+
+capture_errors = Table(
+    "shop_events_capture_errors",
+    metadata,
+    Column("mapping", String(32), primary_key=True),
+    Column("field", String(100), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("first_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=False),
+    Column("last_subject", String(300), nullable=True),
+    Column("last_error", Text, nullable=False),
+    Index("ix_shop_events_capture_errors_last", "last_at"),
+)
+"""Captures that failed, counted per mapping (``cart``, ``order``, ``customer``) and field
+(``item``, ``total``, ``items[].price`` …), with the newest message of each."""
+
+kept_captures = Table(
+    "shop_events_kept_captures",
+    metadata,
+    Column("model", String(100), primary_key=True),
+    Column("subject_key", String(300), primary_key=True),
+    Column("mapping", String(32), nullable=False),
+    Column("subject", String(300), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_field", String(100), nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("first_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=False),
+)
+"""Captures that could not complete (an order whose total could not be read yet …), kept to
+be tried again at the next commit that touches them; keyed by the model's table and the row's
+key (JSON)."""

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
-from shop_events import Item, Tracker, ValidationError
+from shop_events import Item, Settings, Tracker, ValidationError
+from shop_events.errors import ConfigError
 from shop_events.storage.tables import browses, carts, orders, outbox, registrations
 from shop_events.testing import Receiver
 from sqlalchemy import func, select
@@ -539,6 +540,34 @@ def test_status_events_mapping_is_configurable(
         "orderShipped": "SHIPPED",
         "orderUpdated": "DELIVERED",
     }
+
+
+def test_statuses_are_matched_in_their_common_spellings(make_tracker: TrackerFactory) -> None:
+    tracker = make_tracker()
+    for n, status in enumerate(["canceled", "Cancelled", "delivered", "in transit"]):
+        place(tracker, f"order-{n}")
+        tracker.order_status_changed(f"order-{n}", status=status)
+    custom = make_tracker(orders={"status_events": {"in-transit": "orderShipped"}})
+    place(custom, "order-9")
+    custom.order_status_changed("order-9", status="In Transit")
+    with tracker.engine.connect() as conn:
+        found = conn.execute(
+            select(outbox.c.subject_id, outbox.c.event_type_key)
+            .where(outbox.c.event_type_key != "orderCreated")
+            .order_by(outbox.c.id)
+        ).all()
+    assert [tuple(row) for row in found] == [
+        ("order-0", "orderCancelled"),
+        ("order-1", "orderCancelled"),
+        ("order-2", "orderDelivered"),
+        ("order-3", "orderUpdated"),
+        ("order-9", "orderShipped"),
+    ]
+
+
+def test_two_spellings_of_one_status_must_raise_the_same_event() -> None:
+    with pytest.raises(ConfigError, match=r"orders\.status_events\.canceled: the same status"):
+        Settings.load({"orders": {"status_events": {"CANCELED": "a", "canceled": "b"}}})
 
 
 def test_status_of_an_unknown_order_needs_an_email(

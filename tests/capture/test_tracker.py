@@ -137,3 +137,32 @@ def test_custom_event_checks_the_platform_rules(tracker: Tracker) -> None:
     key = tracker.custom_event("wishlist", key_value="a", params={"n": 1}, dedupe_key="w-1")
     assert tracker.custom_event("wishlist", key_value="a", params={"n": 1}, dedupe_key=key) == key
     assert count(tracker) == (0, 1)
+
+
+def cart_state(tracker: Tracker, cart_id: str) -> tuple[str, str | None, int]:
+    with tracker.engine.connect() as conn:
+        row = conn.execute(select(carts).where(carts.c.cart_id == cart_id)).one()
+    return row.state, row.skip_reason, row.version
+
+
+def test_a_refused_cart_update_suppresses_the_state_recorded_before(tracker: Tracker) -> None:
+    tracker.cart_updated("c", email="a@example.com", items=GOOD)
+    with pytest.raises(ValidationError) as caught:
+        tracker.cart_updated("c", email="a@example.com", items=[{"name": "A", "price": -1}])
+    assert caught.value.field == "items[0].price"
+    assert cart_state(tracker, "c") == ("suppressed", "invalid", 1)
+    tracker.cart_updated("c", email="a@example.com", items=GOOD)  # the same state, valid
+    assert cart_state(tracker, "c") == ("active", None, 1)
+    tracker.cart_updated("c", email="a@example.com", items=[*GOOD, Item(name="B", price=2)])
+    assert cart_state(tracker, "c") == ("active", None, 2)
+
+
+def test_a_rejected_cart_that_was_cleared_or_never_seen_stays_as_it_is(tracker: Tracker) -> None:
+    assert tracker.cart_rejected("unknown") is False
+    tracker.cart_updated("c", email="a@example.com", items=GOOD)
+    tracker.cart_cleared("c")
+    assert tracker.cart_rejected("c") is False
+    with pytest.raises(ValidationError):
+        tracker.cart_updated("c", items=GOOD, currency="euro")
+    assert cart_state(tracker, "c")[:2] == ("cleared", None)
+    assert count(tracker) == (1, 0)

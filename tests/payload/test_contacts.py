@@ -493,6 +493,7 @@ CALLS = {
         user_agent=agents,
     ),
     "cart_cleared": call("cart_cleared", ids),
+    "cart_rejected": call("cart_rejected", ids),
     "product_viewed": call(
         "product_viewed",
         item=items,
@@ -734,6 +735,7 @@ def test_every_capture_method_stores_valid_events_or_raises_validation_error(
 BASELINE: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "cart_updated": (("cart-1",), {"items": [Item(name="A", price=1)], "email": ANN}),
     "cart_cleared": (("cart-1",), {}),
+    "cart_rejected": (("cart-1",), {}),
     "product_viewed": ((), {"item": Item(name="A", price=1), "visitor_id": "v-1"}),
     "identify": (("v-1", ANN), {}),
     "registration_started": ((ANN,), {"params": {"source": "footer"}}),

@@ -29,12 +29,14 @@ from flask import (
     session,
     url_for,
 )
+from sqlalchemy.exc import DBAPIError
 from werkzeug.wrappers import Response as BaseResponse
 
 from ...config import Settings, format_duration
 from ...payload.items import item_rows
 from ...storage import outbox
 from ...storage.enums import OutboxStatus, Subject
+from ...storage.migrate import missing_tables
 from .blueprint import blueprint, web_state
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,13 @@ def _admin(view: F) -> F:
             abort(403)
         if request.method == "POST":
             _check_csrf()
-        response = current_app.make_response(view(*args, **kwargs))
+        try:
+            response = current_app.make_response(view(*args, **kwargs))
+        except DBAPIError:
+            missing = _missing_tables()
+            if missing is None:
+                raise
+            response = current_app.make_response((missing, 503))
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "no-referrer"
@@ -95,6 +103,20 @@ def _check_csrf() -> None:
     sent = request.form.get("csrf_token", "")
     if not isinstance(expected, str) or not hmac.compare_digest(sent.encode(), expected.encode()):
         abort(400, "CSRF token missing or wrong: reload the page and try again")
+
+
+def _missing_tables() -> str | None:
+    """The page saying the plugin's tables are missing (and how to create them), or None when
+    they are there and the error was another one."""
+    tracker = web_state().tracker
+    try:
+        why = missing_tables(tracker.engine)
+    except DBAPIError:
+        return None
+    if why is None:
+        return None
+    tracker.check_tables()  # the log's one line, as at the first request
+    return _render("missing.html", database=tracker.database, why=why)
 
 
 # ------------------------------------------------------------------------- rendering

@@ -4,22 +4,44 @@ Settings come from ``SHOP_EVENTS_CONFIG`` (a TOML file) or the ``settings=`` arg
 from ``SHOP_EVENTS_<SECTION>_<KEY>`` environment variables, then from the app's config keys of
 the same names. The tracker lives in ``app.extensions["shop_events"]``; the blueprint
 (``/shop-events``: browser tracking, operator pages) is registered with it.
+
+What the extension does in the shop's process, and when:
+
+- the jobs (scan, dispatch, retention) start at the first request the process serves, once
+  the plugin's tables exist; never while a ``flask`` command other than ``flask run`` runs
+  (``flask db upgrade``, ``flask shell``, the shop's own commands). ``shop-events worker``
+  runs them without a web server;
+- under Flask-Migrate, the shop's ``flask db migrate`` leaves the plugin's tables alone
+  (:func:`~shop_events.storage.migrate.include_name` is added to its Alembic options);
+- under Flask-WTF's ``CSRFProtect``, the plugin's views are exempt from it: the operator pages
+  check their own CSRF token, and the tracking endpoint its callers' origin;
+- the database URL of a relative SQLite path that is the shop's own Flask-SQLAlchemy URI is
+  taken from the shop's engine, so both open the same file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+import sys
 import threading
 import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask, current_app
+import click
+from flask import Flask, appcontext_pushed, current_app
 
 from ...config import CONFIG_PATH_ENV, ENV_PREFIX, Settings
+from ...errors import ConfigError
+from ...storage.migrate import include_name
 from ...tracker import Tracker
 from ..models import CaptureModels, CartMapping, CustomerMapping, OrderMapping
 from . import admin, healthz, metrics, tracking  # noqa: F401  (importing them attaches views)
-from .blueprint import AdminAccess, CurrentEmail, register
+from .blueprint import AdminAccess, CurrentEmail, blueprint, register
+
+log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "shop_events"
 
@@ -59,10 +81,10 @@ class ShopEvents:
         tracker = self._tracker or Tracker(settings_for_app(app, self._settings))
         app.extensions[EXTENSION_KEY] = tracker
         register(app, tracker, admin_access=self._admin_access, current_email=self._current_email)
-        if tracker.settings.scheduler.enabled and _is_serving_process(app):
-            runner = _scheduler_owner(tracker)
-            runner.start()
-            app.before_request(runner.scheduler.ensure_running)
+        _leave_plugin_tables_alone(app)
+        appcontext_pushed.connect(_on_app_context, app)
+        _exempt_from_csrf(app)
+        app.before_request(_Serving(tracker))
 
     def identify(self, email: str, **bind: Any) -> bool:
         """Link the current request's browser (its ``se_vid`` cookie) to ``email``: call it at
@@ -81,16 +103,122 @@ class ShopEvents:
 
 
 def settings_for_app(app: Flask, base: Settings | None = None) -> Settings:
-    """Settings for ``app``: file or ``base``, then environment, then ``SHOP_EVENTS_*`` config."""
+    """Settings for ``app``: file or ``base``, then environment, then ``SHOP_EVENTS_*`` config.
+
+    A ``database.url`` that is the same relative SQLite path as the shop's Flask-SQLAlchemy
+    database is taken from the shop's engine (see :func:`shop_database`).
+    """
     path = app.config.get(CONFIG_PATH_ENV) or os.environ.get(CONFIG_PATH_ENV)
     keys: dict[str, Any] = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     keys.update({k: v for k, v in app.config.items() if k.startswith(ENV_PREFIX)})
     keys.pop(CONFIG_PATH_ENV, None)
     if base is not None:
-        return base.with_keys(keys)
-    if path:
-        return Settings.from_file(path, env=keys)
-    return Settings.load(env=keys)
+        settings = base.with_keys(keys)
+    elif path:
+        settings = Settings.from_file(path, env=keys)
+    else:
+        settings = Settings.load(env=keys)
+    url = shop_database(app, settings.database.url)
+    if url == settings.database.url:
+        return settings
+    return dataclasses.replace(settings, database=dataclasses.replace(settings.database, url=url))
+
+
+def shop_database(app: Flask, url: str) -> str:
+    """``url``, or the URL of the shop's Flask-SQLAlchemy engine when ``url`` is the same
+    relative SQLite path as that engine's configured URI.
+
+    Flask-SQLAlchemy opens a relative SQLite path in the app's instance folder (older versions:
+    its root folder), not in the working directory: the plugin takes the file from the engine,
+    so both open the same one and captures join the shop's transactions. When the shop imports
+    Flask-SQLAlchemy but has not set it up on ``app`` yet, nobody knows where that file will
+    be: :class:`ConfigError`.
+    """
+    if not _relative_sqlite(url):
+        return url
+    binds = [key for key, uri in _shop_uris(app).items() if uri == url]
+    if not binds:
+        return url
+    db = app.extensions.get("sqlalchemy")
+    if db is None:
+        if "flask_sqlalchemy" not in sys.modules:
+            return url  # the shop opens it with plain SQLAlchemy: from the working directory
+        raise ConfigError(
+            f"database.url: {url!r} is the shop's Flask-SQLAlchemy database, a relative path "
+            "Flask-SQLAlchemy resolves itself: call ShopEvents(app) after db.init_app(app), "
+            "or give an absolute path"
+        )
+    with app.app_context():
+        engines: Mapping[str | None, Any] | None = getattr(db, "engines", None)
+        engine = engines.get(binds[0]) if engines is not None else db.get_engine(app, binds[0])
+    if engine is None:
+        return url
+    found: str = engine.url.render_as_string(hide_password=False)
+    return found
+
+
+def _relative_sqlite(url: str) -> bool:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return False
+    path = url[len(prefix) :].partition("?")[0]
+    return bool(path) and path != ":memory:" and not os.path.isabs(path)
+
+
+def _shop_uris(app: Flask) -> dict[str | None, str]:
+    """Flask-SQLAlchemy's database URIs by bind key (None: ``SQLALCHEMY_DATABASE_URI``)."""
+    uris: dict[str | None, str] = {}
+    main = app.config.get("SQLALCHEMY_DATABASE_URI")
+    if isinstance(main, str):
+        uris[None] = main
+    binds = app.config.get("SQLALCHEMY_BINDS") or {}
+    if isinstance(binds, Mapping):
+        for key, value in binds.items():
+            uri = value.get("url") if isinstance(value, Mapping) else value
+            if isinstance(uri, str):
+                uris[key] = uri
+    return uris
+
+
+# -- the process: jobs at the first request served, never in a command -----------------------
+
+
+def in_flask_command() -> bool:
+    """Whether this thread runs a ``flask`` command other than ``flask run``: ``flask db
+    upgrade``, ``flask shell``, ``flask shop-events migrate``, the shop's own commands.
+
+    ``flask run`` serves: its requests count as served ones.
+    """
+    from flask.cli import ScriptInfo, run_command
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.find_object(ScriptInfo) is None:
+        return False  # a WSGI server, a plain script, or another program's command line
+    return ctx.command is not run_command
+
+
+class _Serving:
+    """Runs before each request: the first one this process serves checks the plugin's tables
+    (one loud line when they are missing) and starts the jobs, once per process (again in a
+    forked child, whose parent's threads did not come along)."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        _exempt_from_csrf(current_app)  # CSRFProtect set up after ShopEvents: before its check
+        if self._pid == os.getpid() or in_flask_command():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+        tracker = self._tracker
+        tracker.check_tables()
+        if tracker.settings.scheduler.enabled:
+            _scheduler_owner(tracker).start()
 
 
 def _scheduler_owner(tracker: Tracker) -> Tracker:
@@ -117,12 +245,45 @@ def _scheduler_owner(tracker: Tracker) -> Tracker:
         return tracker
 
 
-def _is_serving_process(app: Flask) -> bool:
-    # Under the reloader, the parent only watches files; the child (WERKZEUG_RUN_MAIN) serves.
-    reloader_parent = bool(os.environ.get("FLASK_RUN_FROM_CLI")) and not os.environ.get(
-        "WERKZEUG_RUN_MAIN"
-    )
-    return not (app.debug and reloader_parent)
+# -- other extensions of the shop --------------------------------------------------------------
+
+
+class _IncludeName:
+    """The shop's Alembic ``include_name`` hook (if any), leaving the plugin's tables out."""
+
+    def __init__(self, theirs: Callable[..., bool] | None) -> None:
+        self.theirs = theirs
+
+    def __call__(self, name: str | None, type_: str, parent_names: Mapping[str, Any]) -> bool:
+        if not include_name(name, type_, parent_names):
+            return False
+        return self.theirs is None or bool(self.theirs(name, type_, parent_names))
+
+
+def _leave_plugin_tables_alone(app: Flask) -> None:
+    """Under Flask-Migrate: its Alembic options get :func:`include_name`, so the shop's
+    autogenerate neither reads nor drops the plugin's tables. Flask-Migrate's ``env.py`` passes
+    these options (``app.extensions["migrate"].configure_args``) to Alembic."""
+    options = getattr(app.extensions.get("migrate"), "configure_args", None)
+    if not isinstance(options, dict):
+        return
+    theirs = options.get("include_name")
+    if not isinstance(theirs, _IncludeName):
+        options["include_name"] = _IncludeName(theirs)
+
+
+def _on_app_context(app: Flask, **_: Any) -> None:
+    # Flask-Migrate set up after ShopEvents: its commands push an app context before env.py.
+    _leave_plugin_tables_alone(app)
+
+
+def _exempt_from_csrf(app: Flask) -> None:
+    """Under Flask-WTF's ``CSRFProtect``: exempt the plugin's views, which have their own
+    checks (the operator pages' CSRF token; the tracking endpoint's origin and token)."""
+    csrf = app.extensions.get("csrf")
+    exempt = getattr(csrf, "exempt", None)
+    if exempt is not None:
+        exempt(blueprint)
 
 
 def tracker_for(app: Flask) -> Tracker:
@@ -146,6 +307,8 @@ def capture_models(
     order: OrderMapping[Any] | None = None,
     customer: CustomerMapping[Any] | None = None,
     capture_outside_requests: bool = True,
+    capture_commands: bool = False,
+    check: bool = True,
     **options: Any,
 ) -> CaptureModels:
     """Capture carts, orders and customers from the app's own models (``integrations.models``).
@@ -153,24 +316,58 @@ def capture_models(
     With Flask-SQLAlchemy (``db.init_app(app)`` first), only sessions on this app's engines are
     watched, and when the plugin's tables are in that database the captures are written inside
     ``db.session``'s transaction: a request that rolls back leaves no event.
-    ``capture_outside_requests=False`` ignores work done outside a request (seed scripts, CLI
-    commands). ``options`` go to :class:`~.CaptureModels` (``engines=``,
-    ``on_error=`` …). The capture is kept in ``app.extensions["shop_events_capture"]``.
+
+    Work done while a ``flask`` command runs (``flask seed``, ``flask shell``; anything but
+    ``flask run``) is not captured unless ``capture_commands=True``.
+    ``capture_outside_requests=False`` also ignores work done outside a request elsewhere (a
+    plain script, a task queue's worker). ``options`` go to :class:`~.CaptureModels`
+    (``engines=``, ``on_error=`` …). The capture is kept in
+    ``app.extensions["shop_events_capture"]`` and closed when the app is garbage collected, so
+    an app factory called per test leaves no capture behind.
+
+    With ``check`` (the default; not in ``flask`` commands) every getter runs once now against
+    one row of its model, where one exists (:meth:`~.CaptureModels.check`): a mapping that does
+    not fit the shop's data is logged and shown among the capture errors at start.
     """
     from flask import has_request_context
 
     db = app.extensions.get("sqlalchemy")
-    if db is not None and "engines" not in options:
+    own_engines = "engines" in options
+    if db is not None and not own_engines:
         with app.app_context():
             options["engines"] = list(db.engines.values())
+
+    def wanted() -> bool:
+        if not capture_commands and in_flask_command():
+            return False
+        return capture_outside_requests or has_request_context()
+
     capture = CaptureModels(
         tracker_for(app),
         cart=cart,
         order=order,
         customer=customer,
-        capture_outside_requests=capture_outside_requests,
-        in_request=has_request_context,
+        capture_outside_requests=False,
+        in_request=wanted,
         **options,
     )
     app.extensions[CAPTURE_KEY] = capture
+    weakref.finalize(app, capture.close)
+    if check and not in_flask_command():
+        _check_at_start(app, capture, None if own_engines else db)
     return capture
+
+
+def _check_at_start(app: Flask, capture: CaptureModels, db: Any) -> None:
+    """The mappings' dry run; never stops the app from starting."""
+    try:
+        if db is not None:
+            with app.app_context():
+                try:
+                    capture.check(db.session)
+                finally:
+                    db.session.remove()
+        elif capture.engines:
+            capture.check()
+    except Exception as exc:
+        log.warning("the capture mappings were not checked at start: %s", exc)

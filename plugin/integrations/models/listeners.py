@@ -12,6 +12,14 @@ the tracker itself:
   change of its status (with ``status=`` mapped) → ``order_status_changed``;
 - a customer inserted → ``registration_completed`` (and ``contact_upserted`` if asked).
 
+A capture that fails is counted per mapping and field (:mod:`.failures`; ``shop-events status``
+and the health page list them) and never silently lost: an order that cannot be read
+completely (its total not set yet) is kept in the plugin's tables and placed at the next commit
+that touches it (or, in the same process, the next commit that touches a cart, an order or a
+customer); a cart whose current state cannot be captured is suppressed, so that its older
+state is never reminded, until a valid state arrives. :meth:`CaptureModels.check` runs every
+getter against one row of each model at start.
+
 What changed is collected at every flush and turned into captures when the outermost
 transaction commits, so a rolled-back transaction emits nothing. When the plugin's tables are in
 the same database as the models, the rows are written inside the host's transaction just before
@@ -28,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import functools
+import json
 import logging
 import os
 import threading
@@ -37,6 +45,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, event, inspect, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import (
     InstanceState,
     Mapper,
@@ -44,20 +53,26 @@ from sqlalchemy.orm import (
     Session,
     SessionTransaction,
     UOWTransaction,
+    scoped_session,
     selectinload,
 )
 
-from ...storage import orders
+from ...payload.items import canonical_items
+from ...storage import kept_captures, orders
+from ...storage.engines import transaction
 from ...tracker import Tracker
+from .failures import ErrorLog, GetterError, describe, message_of, read
 from .mappings import (
     CartMapping,
     CustomerMapping,
+    ItemGetter,
     Key,
     OrderMapping,
     Parent,
     getter_of,
     mapper_of,
     parent_of,
+    status_reader,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +83,16 @@ T = TypeVar("T")
 ErrorHandler = Callable[[str, Exception], None]
 Call = Callable[["Connection | None"], None]
 """One tracker call, on the host's connection (inside its transaction) or, given None, ours."""
+OnFail = Callable[["Connection | None", Exception], None]
+"""What to write when a call failed (keep the order, suppress the cart), on the same terms."""
+
+_RETRY_ELSEWHERE = 10
+"""A kept order is tried again at commits that do not touch it this many times per process;
+after that only a commit that touches the order itself tries it."""
+_KEPT_IN_MEMORY = 1000
+_CHECK_ROWS = 20
+"""Rows a start check looks through for a cart or order that has lines."""
+_CHECK_LINES = 3
 
 # -- what the listeners know about a mapping ---------------------------------------------------
 
@@ -105,6 +130,26 @@ def _primary_key(state: InstanceState[Any]) -> Key | None:
     return None if None in values else values
 
 
+@dataclasses.dataclass(frozen=True)
+class _Capture:
+    """One tracker call computed at commit, and what to write if it fails."""
+
+    mapping: str
+    what: str
+    call: Call
+    on_fail: OnFail | None = None
+
+
+def _label(key: Key) -> str:
+    return str(key[0] if len(key) == 1 else key)
+
+
+def _encode(key: Key) -> str:
+    """A row's key as text for the kept captures table."""
+    plain = [v if v is None or isinstance(v, int | float | str) else str(v) for v in key]
+    return json.dumps(plain, separators=(",", ":"))
+
+
 # -- per session and transaction ---------------------------------------------------------------
 
 
@@ -119,13 +164,20 @@ class _Pending:
     """Orders inserted, or given new lines: placed at commit if they have lines."""
     changed_orders: dict[Key, None] = dataclasses.field(default_factory=dict)
     customers: dict[Key, None] = dataclasses.field(default_factory=dict)
-    deferred: list[tuple[str, Call]] = dataclasses.field(default_factory=list)
+    other: bool = False
+    """Something else of the mapped models changed (a customer updated): a kept order is tried
+    again at such a commit too."""
+    deferred: list[_Capture] = dataclasses.field(default_factory=list)
     """Captures computed at commit, written after it with the plugin's engine."""
 
     def touched(self) -> bool:
+        return bool(self.captures() or self.other)
+
+    def captures(self) -> bool:
         return bool(self.carts or self.new_orders or self.changed_orders or self.customers)
 
     def forget_touched(self) -> None:
+        self.other = False
         self.carts.clear()
         self.new_carts.clear()
         self.new_orders.clear()
@@ -158,10 +210,12 @@ class CaptureModels:
     write inside the host's transaction; by default when the models' database is the plugin's.
     ``on_error(what, exc)`` is called when a capture cannot be recorded (bad data, a broken
     getter, a database error); by default it is logged and the shop's commit goes on. Raise
-    from it to make the commit fail instead.
+    from it to make the commit fail instead. Either way the failure is counted per mapping and
+    field in the capture errors (``shop-events status``, the health page).
 
     The capture stays active until :meth:`close`. A second capture of the same model for the
-    same sessions is refused: every change would be sent twice.
+    same sessions is refused: every change would be sent twice. :meth:`check` runs every getter
+    once against the shop's data, for the start of the shop.
     """
 
     def __init__(
@@ -202,8 +256,11 @@ class CaptureModels:
         self._roles: dict[Mapper[Any], _Role] = {}
         self._cart: Parent | None = None
         self._order: Parent | None = None
+        self._errors = ErrorLog(tracker)
+        self._kept: dict[Key, int] = {}
+        """Orders kept in this process: their failed attempts here."""
         if cart is not None:
-            self._cart = parent_of("cart", cart.model, cart.lines)
+            self._cart = parent_of("cart", cart.model, cart.lines, cart.line_model, cart.line_key)
             self._cart_get = {
                 name: getter_of(f"cart.{name}", cart.model, getattr(cart, name))
                 for name in ("id", "email", "visitor_id", "currency", "restore_url")
@@ -211,11 +268,17 @@ class CaptureModels:
             self._roles[self._cart.mapper] = _Role.CART
             self._roles[self._cart.line_mapper] = _Role.CART_LINE
         if order is not None:
-            self._order = parent_of("order", order.model, order.lines)
+            self._order = parent_of(
+                "order", order.model, order.lines, order.line_model, order.line_key
+            )
             self._order_get = {
                 name: getter_of(f"order.{name}", order.model, getattr(order, name))
-                for name in ("id", "email", "total", "currency", "cart_id", "status")
+                for name in ("id", "email", "total", "currency", "cart_id")
             }
+            self._order_get["status"] = status_reader(
+                "order", order.model, order.status, order.status_map
+            )
+            self._order_table = str(getattr(self._order.mapper.local_table, "name", "order"))
             self._roles[self._order.mapper] = _Role.ORDER
             self._roles[self._order.line_mapper] = _Role.ORDER_LINE
         if customer is not None:
@@ -275,6 +338,7 @@ class CaptureModels:
 
     def _note(self, session: Session, role: _Role, state: InstanceState[Any], how: str) -> None:
         pending = _pending(session, self)
+        pending.other = True
         if role is _Role.CART:
             assert self._cart is not None
             key, _ = _key(state, self._cart.keys)
@@ -372,64 +436,66 @@ class CaptureModels:
 
     def _commit(self, session: Session, pending: _Pending) -> None:
         """Compute the captures of this transaction; write them now if joining it."""
+        retry = self.order is not None and self._kept_to_retry()
+        if not pending.captures() and not retry:
+            pending.forget_touched()
+            return
         joined = self._joins(session)
-        calls: list[tuple[str, Call]] = []
-        for what, compute in (
-            ("the customers of this commit", self._customer_calls),
-            ("the carts of this commit", self._cart_calls),
-        ):
+        captures: list[_Capture] = []
+        for mapping, compute in (("customer", self._customer_calls), ("cart", self._cart_calls)):
             try:
-                calls += compute(session, pending)
+                captures += compute(session, pending)
             except Exception as exc:
-                self._failed(what, exc)
-        if pending.new_orders or pending.changed_orders:
+                self._failed(mapping, f"the {mapping}s of this commit", exc)
+        if self.order is not None and (pending.new_orders or pending.changed_orders or retry):
             try:
                 if joined:
                     conn = self._connection(session)
                     with _savepoint(conn):
-                        calls += self._order_calls(session, pending, conn)
+                        captures += self._order_calls(session, pending, conn)
                 else:
                     with self.tracker.engine.connect() as conn:
-                        calls += self._order_calls(session, pending, conn)
+                        captures += self._order_calls(session, pending, conn)
             except Exception as exc:
-                self._failed("the orders of this commit", exc)
+                self._failed("order", "the orders of this commit", exc)
         pending.forget_touched()
         if joined:
             conn = self._connection(session)
-            for what, call in calls:
-                self._run(what, call, conn)
+            for capture in captures:
+                self._run(capture, conn)
         else:
-            pending.deferred += calls
+            pending.deferred += captures
 
     def _after_commit(self, pending: _Pending) -> None:
-        calls, pending.deferred = pending.deferred, []
-        for what, call in calls:
-            self._run(what, call, None)
+        captures, pending.deferred = pending.deferred, []
+        for capture in captures:
+            self._run(capture, None)
 
     def _connection(self, session: Session) -> Connection:
         return session.connection(bind_arguments={"mapper": self._any_mapper})
 
-    def _run(self, what: str, call: Call, conn: Connection | None) -> None:
+    def _run(self, capture: _Capture, conn: Connection | None) -> None:
         try:
             with _savepoint(conn):
-                call(conn)
+                capture.call(conn)
         except Exception as exc:
-            self._failed(what, exc)
+            if capture.on_fail is not None:
+                try:
+                    with _savepoint(conn):
+                        capture.on_fail(conn, exc)
+                except Exception as also:
+                    log.error("%s: %s", capture.what, message_of(also))
+            self._failed(capture.mapping, capture.what, exc)
 
-    def _failed(self, what: str, exc: Exception) -> None:
+    def _failed(self, mapping: str, what: str, exc: Exception) -> None:
+        failure = describe(exc)
+        self._errors.note(mapping, failure.field, what, failure.message)
         if self._on_error is not None:
-            self._on_error(what, exc)
+            self._on_error(what, failure.error)
         else:
-            log.error("%s was not captured: %s", what, exc)
+            log.error("%s was not captured: %s.%s", what, mapping, failure.detail)
 
-    def _compute(self, what: str, compute: Callable[[], T]) -> T | None:
-        try:
-            return compute()
-        except Exception as exc:
-            self._failed(what, exc)
-            return None
-
-    def _customer_calls(self, session: Session, pending: _Pending) -> Iterator[tuple[str, Call]]:
+    def _customer_calls(self, session: Session, pending: _Pending) -> Iterator[_Capture]:
         if self.customer is None or not pending.customers:
             return
         mapping, get = self.customer, self._customer_get
@@ -437,18 +503,15 @@ class CaptureModels:
             customer = session.get(mapping.model, key)
             if customer is None:  # inserted in a savepoint that rolled back
                 continue
-            what = f"the new {mapping.model.__name__} {key[0] if len(key) == 1 else key}"
-
-            def read(customer: Any = customer) -> dict[str, Any]:
-                values = {name: getter(customer) for name, getter in get.items()}
+            what = f"the new {mapping.model.__name__} {_label(key)}"
+            try:
+                values = {name: read(name, getter, customer) for name, getter in get.items()}
                 if mapping.fields is not None:
-                    values["fields"] = mapping.fields(customer)
-                return values
-
-            values = self._compute(what, read)
-            if values is None:
+                    values["fields"] = read("fields", mapping.fields, customer)
+            except Exception as exc:
+                self._failed("customer", what, exc)
                 continue
-            yield what, self._customer_call(values)
+            yield _Capture("customer", what, self._customer_call(values))
 
     def _customer_call(self, values: dict[str, Any]) -> Call:
         assert self.customer is not None
@@ -470,7 +533,7 @@ class CaptureModels:
 
         return call
 
-    def _cart_calls(self, session: Session, pending: _Pending) -> Iterator[tuple[str, Call]]:
+    def _cart_calls(self, session: Session, pending: _Pending) -> Iterator[_Capture]:
         if self.cart is None or not pending.carts:
             return
         assert self._cart is not None
@@ -480,26 +543,40 @@ class CaptureModels:
             if cart is None:
                 cart_id = known_id or self._cart_id_from_key(key)
                 if cart_id is not None:
-                    yield f"the deleted cart {cart_id}", _cleared(self.tracker, cart_id)
+                    what = f"the deleted cart {cart_id}"
+                    yield _Capture("cart", what, _cleared(self.tracker, cart_id))
                 continue
-            what = f"the cart {key[0] if len(key) == 1 else key}"
-            lines = list(getattr(cart, parent.lines.key))
-            if not lines and key in pending.new_carts:
-                continue  # a new empty cart: nothing to clear
-
-            def read(cart: Any = cart, lines: list[Any] = lines) -> dict[str, Any]:
-                values = {name: getter(cart) for name, getter in get.items()}
-                values["items"] = [mapping.item(line) for line in lines]
-                return values
-
-            values = self._compute(what, read)
-            if values is None:
+            what = f"the cart {_label(key)}"
+            try:
+                lines = list(read("lines", parent.read_lines, cart))
+                if not lines and key in pending.new_carts:
+                    continue  # a new empty cart: nothing to clear
+                values = {name: read(name, getter, cart) for name, getter in get.items()}
+                values["items"] = [read("item", mapping.item, line) for line in lines]
+            except Exception as exc:
+                # its current state is unknown: the state recorded before must not be reminded
+                self._failed("cart", what, exc)
+                cart_id = self._readable_cart_id(cart, key)
+                if cart_id is not None:
+                    yield _Capture("cart", what, _rejected(self.tracker, cart_id))
                 continue
             cart_id = values.pop("id")
             if not lines:
-                yield what, _cleared(self.tracker, cart_id)
+                yield _Capture("cart", what, _cleared(self.tracker, cart_id))
             else:
-                yield what, self._cart_call(cart_id, values)
+                yield _Capture(
+                    "cart",
+                    what,
+                    self._cart_call(cart_id, values),
+                    on_fail=_rejected_on_fail(self.tracker, cart_id),
+                )
+
+    def _readable_cart_id(self, cart: Any, key: Key) -> str | None:
+        try:
+            value = self._cart_get["id"](cart)
+        except Exception:
+            return self._cart_id_from_key(key)
+        return None if value is None else str(value)
 
     def _cart_call(self, cart_id: Any, values: dict[str, Any]) -> Call:
         def call(conn: Connection | None) -> None:
@@ -507,56 +584,148 @@ class CaptureModels:
 
         return call
 
+    # -- orders, and those kept to be tried again -------------------------------------------
+
+    def _kept_to_retry(self) -> bool:
+        return any(tries < _RETRY_ELSEWHERE for tries in list(self._kept.values()))
+
     def _order_calls(
         self, session: Session, pending: _Pending, plugin: Connection
-    ) -> list[tuple[str, Call]]:
+    ) -> list[_Capture]:
         assert self.order is not None and self._order is not None
         mapping, parent, get = self.order, self._order, self._order_get
-        found: list[tuple[Key, str, Any, list[Any]]] = []
-        for key in {**pending.new_orders, **pending.changed_orders}:
+        retry = {key: None for key, tries in list(self._kept.items()) if tries < _RETRY_ELSEWHERE}
+        calls: list[_Capture] = []
+        found: list[tuple[Key, str, Any]] = []
+        for key in {**pending.new_orders, **pending.changed_orders, **retry}:
             order = _load(session, mapping.model, parent, key)
             if order is None:
+                if key in self._kept:  # the shop deleted it
+                    calls.append(self._released(key))
                 continue
-            order_id = self._compute(f"the order {key}", functools.partial(get["id"], order))
-            if order_id is not None:
-                lines = list(getattr(order, parent.lines.key))
-                found.append((key, str(order_id).strip(), order, lines))
+            try:
+                order_id = read("id", get["id"], order)
+                if order_id is None:
+                    raise GetterError("id", ValueError("the order's id is None"))
+            except Exception as exc:
+                what = f"the order {_label(key)}"
+                self._failed("order", what, exc)
+                if key in pending.new_orders or key in self._kept:
+                    calls.append(self._keep_now(key, what, exc))
+                continue
+            found.append((key, str(order_id).strip(), order))
         if not found:
-            return []
-        stored = orders.statuses(plugin, [order_id for _, order_id, _, _ in found])
-        calls: list[tuple[str, Call]] = []
-        for key, order_id, order, lines in found:
+            return calls
+        stored = orders.statuses(plugin, [order_id for _, order_id, _ in found])
+        unknown = [
+            _encode(key)
+            for key, order_id, _ in found
+            if order_id not in stored and key not in pending.new_orders and key not in self._kept
+        ]
+        kept_elsewhere = kept_captures.which(plugin, self._order_table, unknown)
+        for key, order_id, order in found:
             what = f"the order {order_id}"
-            if order_id not in stored:
-                if key not in pending.new_orders:
-                    continue  # an order from before the plugin: only new orders are placed
+            kept = key in self._kept or _encode(key) in kept_elsewhere
+            if order_id in stored:
+                if kept:  # placed by another process meanwhile
+                    calls.append(self._released(key))
+                if mapping.status is not None:
+                    try:
+                        status = read("status", get["status"], order)
+                    except Exception as exc:
+                        self._failed("order", what, exc)
+                        continue
+                    if status is not None and str(status).strip().upper() != stored[order_id]:
+                        calls.append(_Capture("order", what, self._status_call(order_id, status)))
+                continue
+            if key not in pending.new_orders and not kept:
+                continue  # an order from before the plugin: only new orders are placed
+            try:
+                lines = list(read("lines", parent.read_lines, order))
                 if not lines:
                     log.debug("%s has no lines yet: placed when they are committed", what)
                     continue
-
-                def read(order: Any = order, lines: list[Any] = lines) -> dict[str, Any]:
-                    values = {name: getter(order) for name, getter in get.items()}
-                    values["items"] = [mapping.item(line) for line in lines]
-                    return values
-
-                values = self._compute(what, read)
-                if values is not None:
-                    calls.append((what, self._placed_call(order_id, values)))
-            elif mapping.status is not None:
-                status = self._compute(what, functools.partial(get["status"], order))
-                if status is not None and str(status).strip().upper() != stored[order_id]:
-                    calls.append((what, self._status_call(order_id, str(status))))
+                values = {name: read(name, getter, order) for name, getter in get.items()}
+                values["items"] = [read("item", mapping.item, line) for line in lines]
+            except Exception as exc:
+                self._failed("order", what, exc)
+                calls.append(self._keep_now(key, what, exc))
+                continue
+            calls.append(
+                _Capture(
+                    "order",
+                    what,
+                    self._placed_call(key, order_id, values, kept),
+                    on_fail=self._keep_later(key, what),
+                )
+            )
         return calls
 
-    def _placed_call(self, order_id: str, values: dict[str, Any]) -> Call:
+    def _kept_here(self, key: Key) -> None:
+        self._kept[key] = self._kept.get(key, 0) + 1
+        if len(self._kept) > _KEPT_IN_MEMORY:
+            self._kept.pop(next(iter(self._kept)), None)
+
+    def _keep_now(self, key: Key, what: str, exc: Exception) -> _Capture:
+        """Keep the order whose capture failed while it was read (written with the others)."""
+        keep = self._keep_later(key, what)
+
+        def call(conn: Connection | None) -> None:
+            keep(conn, exc)
+
+        return _Capture("order", what, call)
+
+    def _keep_later(self, key: Key, what: str) -> OnFail:
+        self._kept_here(key)
+        table = self._order_table
+
+        def keep(conn: Connection | None, exc: Exception) -> None:
+            failure = describe(exc)
+            now = self.tracker.clock()
+            log.warning(
+                "%s is kept and tried again at the next commit that touches it (order.%s)",
+                what,
+                failure.detail,
+            )
+            with transaction(self.tracker.engine, conn) as tx:
+                kept_captures.keep(
+                    tx,
+                    mapping="order",
+                    model=table,
+                    subject_key=_encode(key),
+                    subject=what,
+                    field=failure.field,
+                    error=failure.message,
+                    now=now,
+                )
+
+        return keep
+
+    def _released(self, key: Key) -> _Capture:
+        table = self._order_table
+
+        def call(conn: Connection | None) -> None:
+            with transaction(self.tracker.engine, conn) as tx:
+                kept_captures.release(tx, table, _encode(key))
+            self._kept.pop(key, None)
+
+        return _Capture("order", f"the kept order {_label(key)}", call)
+
+    def _placed_call(self, key: Key, order_id: str, values: dict[str, Any], kept: bool) -> Call:
         values.pop("id")
         if values["status"] is None:
             del values["status"]  # the tracker's default
-        else:
-            values["status"] = str(values["status"])
+        table = self._order_table
 
         def call(conn: Connection | None) -> None:
-            self.tracker.order_placed(order_id, connection=conn, **values)
+            if not kept:
+                self.tracker.order_placed(order_id, connection=conn, **values)
+                return
+            with transaction(self.tracker.engine, conn) as tx:
+                self.tracker.order_placed(order_id, connection=tx, **values)
+                kept_captures.release(tx, table, _encode(key))
+            self._kept.pop(key, None)
+            log.info("the order %s, kept until it could be read, is placed", order_id)
 
         return call
 
@@ -566,12 +735,160 @@ class CaptureModels:
 
         return call
 
+    # -- the check at start -----------------------------------------------------------------
+
+    def check(
+        self, bind: Session | scoped_session[Session] | Engine | Connection | None = None
+    ) -> list[str]:
+        """Run every getter of each mapping against one row of its model, where one exists.
+
+        A dry run for the start of the shop: a cart and an order with lines are preferred, so
+        that ``item`` runs too. Nothing is captured; each problem is logged at ERROR, counted
+        in the capture errors and returned as ``mapping.field: message`` (``cart.item:
+        'Product' object has no attribute 'name'``). ``bind`` is a session or a scoped session
+        such as Flask-SQLAlchemy's ``db.session`` (left open; a transaction it began here is
+        rolled back) or an engine; by default the first of ``engines``. A model whose rows
+        cannot be read (its table does not exist yet) is skipped.
+        """
+        if bind is None:
+            if not self.engines:
+                raise ValueError("check() needs a session or an engine (or engines= given)")
+            bind = self.engines[0]
+        if isinstance(bind, scoped_session):
+            bind = bind()
+        given = isinstance(bind, Session)
+        session = bind if isinstance(bind, Session) else Session(bind=bind)
+        began = not session.in_transaction()
+        problems: list[str] = []
+        try:
+            with session.no_autoflush:
+                if self.cart is not None and self._cart is not None:
+                    problems += self._check_parent(
+                        session, "cart", self._cart, self._cart_get, self.cart.item
+                    )
+                if self.order is not None and self._order is not None:
+                    problems += self._check_parent(
+                        session, "order", self._order, self._order_get, self.order.item
+                    )
+                if self.customer is not None:
+                    getters = dict(self._customer_get)
+                    if self.customer.fields is not None:
+                        getters["fields"] = self.customer.fields
+                    problems += self._check_row(session, "customer", self._customer, getters)
+        finally:
+            if not given:
+                session.close()
+            elif began and session.in_transaction():
+                session.rollback()
+        self._errors.flush()
+        return problems
+
+    def _check_parent(
+        self,
+        session: Session,
+        mapping: str,
+        parent: Parent,
+        getters: dict[str, Callable[[Any], Any]],
+        item: ItemGetter,
+    ) -> list[str]:
+        query = select(parent.mapper)
+        if parent.lines is not None:
+            query = query.where(parent.lines.class_attribute.any())
+        try:
+            rows = session.execute(query.limit(_CHECK_ROWS)).scalars().all()
+        except SQLAlchemyError as exc:
+            return self._not_checked(session, mapping, exc)
+        if not rows:
+            return []
+        row, lines = rows[0], []
+        for candidate in rows:
+            subject = self._check_subject(parent.mapper, candidate)
+            try:
+                lines = list(read("lines", parent.read_lines, candidate))
+            except GetterError as exc:
+                return [self._problem(mapping, subject, exc)]
+            row = candidate
+            if lines:
+                break
+        subject = self._check_subject(parent.mapper, row)
+        problems = self._check_getters(mapping, subject, row, getters)
+        for line in lines[:_CHECK_LINES]:
+            try:
+                made = read("item", item, line)
+                canonical_items([made])
+            except GetterError as exc:
+                problems.append(self._problem(mapping, subject, exc))
+                break
+            except Exception as exc:
+                problems.append(self._problem(mapping, subject, GetterError("item", exc)))
+                break
+        return problems
+
+    def _check_row(
+        self,
+        session: Session,
+        mapping: str,
+        mapper: Mapper[Any],
+        getters: dict[str, Callable[[Any], Any]],
+    ) -> list[str]:
+        try:
+            row = session.execute(select(mapper).limit(1)).scalars().first()
+        except SQLAlchemyError as exc:
+            return self._not_checked(session, mapping, exc)
+        if row is None:
+            return []
+        return self._check_getters(mapping, self._check_subject(mapper, row), row, getters)
+
+    def _check_getters(
+        self, mapping: str, subject: str, row: Any, getters: dict[str, Callable[[Any], Any]]
+    ) -> list[str]:
+        problems = []
+        for name, getter in getters.items():
+            try:
+                read(name, getter, row)
+            except GetterError as exc:
+                problems.append(self._problem(mapping, subject, exc))
+        return problems
+
+    def _check_subject(self, mapper: Mapper[Any], row: Any) -> str:
+        key = tuple(mapper.primary_key_from_instance(row))
+        return f"the check at start ({mapper.class_.__name__} {_label(key)})"
+
+    def _problem(self, mapping: str, subject: str, exc: GetterError) -> str:
+        failure = describe(exc)
+        self._errors.note(mapping, failure.field, subject, failure.message)
+        text = f"{mapping}.{failure.field}: {failure.message}"
+        log.error("%s (%s)", text, subject)
+        return text
+
+    def _not_checked(self, session: Session, mapping: str, exc: Exception) -> list[str]:
+        session.rollback()  # PostgreSQL refuses anything more in a failed transaction
+        log.info("the %s mapping was not checked: its rows cannot be read (%s)", mapping, exc)
+        return []
+
 
 def _cleared(tracker: Tracker, cart_id: Any) -> Call:
     def call(conn: Connection | None) -> None:
         tracker.cart_cleared(cart_id, connection=conn)
 
     return call
+
+
+def _rejected(tracker: Tracker, cart_id: Any) -> Call:
+    def call(conn: Connection | None) -> None:
+        tracker.cart_rejected(cart_id, connection=conn)
+
+    return call
+
+
+def _rejected_on_fail(tracker: Tracker, cart_id: Any) -> OnFail:
+    """A refused cart update suppresses the cart (again, in its own savepoint: the failed
+    call's savepoint was rolled back with what the tracker wrote in it)."""
+
+    def on_fail(conn: Connection | None, _exc: Exception) -> None:
+        tracker.cart_rejected(cart_id, connection=conn)
+
+    return on_fail
 
 
 @contextlib.contextmanager
@@ -590,19 +907,13 @@ def _load(session: Session, model: type[Any], parent: Parent, key: Key) -> Any:
     """The parent with its lines as they are in the database now (after the last flush).
 
     Lines added by their foreign key, or removed by a bulk delete, are not in a collection
-    loaded earlier: the row and its lines are read again.
+    loaded earlier: the row and its lines are read again (lines read by a function of the row
+    are read by it, at commit).
     """
-    return (
-        session.execute(
-            select(model)
-            .where(*parent.where(key))
-            .options(selectinload(parent.lines.class_attribute))
-            .execution_options(populate_existing=True),
-            bind_arguments={"mapper": parent.mapper},
-        )
-        .scalars()
-        .first()
-    )
+    query = select(model).where(*parent.where(key)).execution_options(populate_existing=True)
+    if parent.lines is not None:
+        query = query.options(selectinload(parent.lines.class_attribute))
+    return session.execute(query, bind_arguments={"mapper": parent.mapper}).scalars().first()
 
 
 def _keys_in(
@@ -783,3 +1094,7 @@ def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # committed (and handled) or closed without a commit
         session.info.pop(_INFO_KEY, None)
+        # the shop's transaction is over: the errors counted in it can be written now
+        for capture in _registry:
+            if capture._errors.waiting:
+                capture._errors.flush()

@@ -59,17 +59,22 @@ def test_config_file_from_app_config(tmp_path: Path) -> None:
     tracker.engine.dispose()
 
 
-def test_scheduler_starts_with_the_app_when_enabled(make_settings: SettingsFactory) -> None:
+def test_scheduler_starts_at_the_first_request_served_not_with_the_app(
+    make_settings: SettingsFactory,
+) -> None:
     settings = make_settings(scheduler={"enabled": True, "scan_interval": "1h"})
     Tracker(settings).migrate()
     app = make_app()
     ShopEvents(app, settings=settings)
     tracker = tracker_for(app)
     try:
+        assert not tracker.scheduler.running  # an app built by a command or a script: no jobs
+        app.test_client().get("/shop-events/healthz").close()
         assert tracker.scheduler.running
     finally:
         tracker.shutdown()
     assert not tracker.scheduler.running
+    tracker.engine.dispose()
 
 
 def test_flask_cli_group_uses_the_apps_tracker(settings: Settings) -> None:

@@ -1,0 +1,92 @@
+"""The capture errors table: failed captures counted per mapping and field, newest message kept.
+
+One row per (mapping, field), so the table stays as small as the mappings however often a
+capture fails; ``shop-events status`` and the health page list the rows most recent first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import Connection, func, select
+
+from .engines import upsert
+from .tables import capture_errors
+
+TABLE = capture_errors.name
+MESSAGE_MAX = 1000
+"""Longer messages are cut: the row is for a person to read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureError:
+    """Failures of one mapping's field: how many, when first and last, and the newest one."""
+
+    mapping: str
+    """``cart``, ``order`` or ``customer``."""
+    field: str
+    """The mapping's field (``item``, ``total`` …) or the refused value (``items[].price``)."""
+    count: int
+    first_at: datetime
+    last_at: datetime
+    last_subject: str | None
+    """What was being captured (``the order 7``)."""
+    last_error: str
+
+
+def record(conn: Connection, errors: Iterable[CaptureError]) -> None:
+    """Add each error's ``count`` to its (mapping, field) row, keeping its newest message."""
+    for error in errors:
+        insert = upsert(conn, capture_errors).values(
+            mapping=error.mapping[:32],
+            field=error.field[:100],
+            failures=error.count,
+            first_at=error.first_at,
+            last_at=error.last_at,
+            last_subject=None if error.last_subject is None else error.last_subject[:300],
+            last_error=error.last_error[:MESSAGE_MAX],
+        )
+        new = insert.excluded
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[capture_errors.c.mapping, capture_errors.c.field],
+                set_={
+                    "failures": capture_errors.c.failures + new.failures,
+                    "last_at": new.last_at,
+                    "last_subject": new.last_subject,
+                    "last_error": new.last_error,
+                },
+            )
+        )
+
+
+def newest(conn: Connection, limit: int) -> list[CaptureError]:
+    """The (mapping, field) rows that failed most recently, newest first, at most ``limit``."""
+    rows = conn.execute(
+        select(capture_errors)
+        .order_by(capture_errors.c.last_at.desc(), capture_errors.c.mapping, capture_errors.c.field)
+        .limit(limit)
+    ).all()
+    return [
+        CaptureError(
+            mapping=row.mapping,
+            field=row.field,
+            count=row.failures,
+            first_at=row.first_at,
+            last_at=row.last_at,
+            last_subject=row.last_subject,
+            last_error=row.last_error,
+        )
+        for row in rows
+    ]
+
+
+def total(conn: Connection) -> int:
+    """How many captures failed, all mappings and fields together."""
+    found = conn.execute(select(func.coalesce(func.sum(capture_errors.c.failures), 0)))
+    return int(found.scalar_one())
+
+
+__all__ = ["MESSAGE_MAX", "TABLE", "CaptureError", "newest", "record", "total"]
