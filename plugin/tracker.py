@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -26,13 +27,28 @@ from .capture.orders import OrderHooks
 from .clock import Clock, utcnow
 from .config import Settings
 from .delivery.dispatcher import Dispatcher, DispatchResult
+from .delivery.limiter import AccountLimiter, SharedSchedule
+from .delivery.policy import Result
 from .delivery.transport import Transport
 from .errors import StorageError, ValidationError
 from .health import Health, StallWatch, read_health
-from .payload.validation import DEDUPE_KEY_MAX, check_text
+from .payload.events import build_body
+from .payload.validation import (
+    DEDUPE_KEY_MAX,
+    check_email,
+    check_event_size,
+    check_text,
+    encode_body,
+)
 from .retention import purge
 from .scheduler import Scheduler
-from .storage.engines import jobs_lock_path, make_engine, resume_waiting, stop_waiting
+from .storage.engines import (
+    engine_label,
+    jobs_lock_path,
+    make_engine,
+    resume_waiting,
+    stop_waiting,
+)
 from .storage.enums import Subject
 from .storage.outbox import Summary, summarize
 
@@ -57,7 +73,12 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         self.settings = settings if settings is not None else Settings.load(env=os.environ)
         self.engine = engine if engine is not None else make_engine(self.settings.database)
         self.clock = clock
-        self.transport = Transport(self.settings.api, self.settings.delivery.threads, clock)
+        self.transport = Transport(
+            self.settings.api,
+            self.settings.delivery.threads,
+            clock,
+            AccountLimiter(self.settings.api, SharedSchedule(self.engine)),
+        )
         self.scanner = Scanner(self.settings, self.engine, clock)
         self.dispatcher = Dispatcher(self.settings, self.engine, self.transport, clock)
         self.watch = StallWatch(self.engine, self.settings, clock)
@@ -70,8 +91,12 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
                 "watch": (self.watch, self.settings.scheduler.dispatch_interval),
             },
             lock_path=jobs_lock_path(self.engine),
+            ready=self.check_tables,
         )
         self.before_write = self.scheduler.ensure_running
+        self._tables_missing = False
+        self._tables_unreadable = False
+        self._tables_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Tracker(database={self.engine.url!r}, api={self.transport!r})"
@@ -162,6 +187,69 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         from .storage.migrate import upgrade
 
         upgrade(self.engine)
+
+    def check_tables(self) -> bool:
+        """Whether the plugin's tables are there, at the newest migration.
+
+        When they are not, one ERROR line says so and how to create them; when they appear
+        later, one INFO line. Asked again and again (the scheduler waits on it), it says each
+        change once, never with a traceback. A database that cannot be read is False too.
+        """
+        from .storage.migrate import missing_tables
+
+        try:
+            why = missing_tables(self.engine)
+        except Exception as exc:
+            with self._tables_lock:
+                said, self._tables_unreadable = self._tables_unreadable, True
+            if not said:
+                log.warning("cannot read the database %s (%s)", self.database, type(exc).__name__)
+            return False
+        with self._tables_lock:
+            said, self._tables_missing = self._tables_missing, why is not None
+            self._tables_unreadable = False
+        if why is None:
+            if said:
+                log.info("the plugin's tables are ready in %s", self.database)
+            return True
+        if not said:
+            log.error(
+                "the plugin's tables are missing in %s: %s. Run `flask shop-events migrate` "
+                "(or `shop-events migrate`); until then nothing is captured or sent",
+                self.database,
+                why,
+            )
+        return False
+
+    @property
+    def database(self) -> str:
+        """The plugin's database for messages: its URL without the password, a SQLite file by
+        its absolute path."""
+        url = self.engine.url
+        database = url.database or ""
+        file = url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+        if file and not database.startswith("file:"):
+            url = url.set(database=os.path.abspath(database))
+        return engine_label(url.render_as_string(hide_password=False))
+
+    def send_test(self, email: str, event_type_key: str = "shop_events_test") -> Result:
+        """Send one event for ``email`` to the platform now and return its answer, to check the
+        key and the account.
+
+        The event never enters the outbox and nothing is decided from the answer: a refused
+        key does not pause delivery, and nothing is sent again later. Bad input raises
+        :class:`ValidationError`.
+        """
+        contact = check_email(email)
+        sent_at = self.clock().isoformat(timespec="seconds")
+        body = build_body(
+            event_type_key,
+            contact,
+            [("email", contact), ("sent_at", sent_at)],
+            self.settings.api.version,
+        )
+        check_event_size(body, self.settings.api.max_event_bytes)
+        return self.transport.post(self.settings.api.event_path, encode_body(body))
 
     def start(self) -> None:
         """Start the in-process scheduler (scan + dispatch jobs) in this process."""

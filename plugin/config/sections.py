@@ -82,6 +82,12 @@ class ApiSettings(Section):
     answer's end, may take at most ``connect_timeout + timeout``."""
     connect_timeout: timedelta = timedelta(seconds=5)
     rate_limit: float = 350.0
+    """Generate event requests per second, for the whole account: every process and host on
+    one database together (the platform's limit for ``event``)."""
+    orders_rate_limit: float = 200.0
+    """Orders, contacts and every other method together, per second, for the whole account."""
+    past_events_rate_limit: float = 100.0
+    """Past events requests per second, for the whole account."""
     max_event_bytes: int = 20_000
     key_check_path: str = "v1/account/info"
     """``GET`` here checks the key without sending an event, after a 401/403: a good key
@@ -118,8 +124,9 @@ class ApiSettings(Section):
             problem = _header_problem(value)
             if problem:
                 raise ConfigError(f"{path}{name}: {problem}")
-        if self.rate_limit <= 0:
-            raise ConfigError(f"{path}rate_limit: must be greater than 0 requests per second")
+        for name in ("rate_limit", "orders_rate_limit", "past_events_rate_limit"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{path}{name}: must be greater than 0 requests per second")
         if self.max_event_bytes < 1024:
             raise ConfigError(f"{path}max_event_bytes: must be at least 1024")
         check = self.key_check_path
@@ -188,12 +195,18 @@ class SchedulerSettings(Section):
                 raise ConfigError(f"{path}{name}: must be longer than 0s")
 
 
+THREADS_MAX = 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class DeliverySettings(Section):
     """``[delivery]``: claiming, retrying and giving up."""
 
     batch_size: int = 100
-    threads: int = 4
+    threads: int = 128
+    """The most sends one process has in progress at once. Below it the number adapts: it
+    grows while events wait and the rate limit has room (a slow API needs many at once to
+    reach the limit), and halves on a 429."""
     lease: timedelta = timedelta(minutes=2)
     backoff_base: timedelta = timedelta(seconds=30)
     backoff_max: timedelta = timedelta(hours=1)
@@ -206,13 +219,15 @@ class DeliverySettings(Section):
     """While the circuit is open, one event probes the API this often."""
 
     def check(self, path: str) -> None:
-        """At least one row, thread, attempt and circuit failure; a lease of at least 5s;
-        a probe interval of at least 1s.
+        """At least one row, thread, attempt and circuit failure, at most 1024 threads; a lease
+        of at least 5s; a probe interval of at least 1s.
 
         The lease against the API timeouts is a rule of :class:`Settings`, which sees both.
         """
         if self.batch_size < 1 or self.threads < 1:
             raise ConfigError(f"{path}batch_size, {path}threads: must be at least 1")
+        if self.threads > THREADS_MAX:
+            raise ConfigError(f"{path}threads: must be at most {THREADS_MAX}")
         if self.max_attempts < 1:
             raise ConfigError(f"{path}max_attempts: must be at least 1")
         if self.lease < timedelta(seconds=5):
@@ -266,7 +281,17 @@ class UnfinishedRegistrationSettings(FlowSettings):
 
 
 def _default_status_events() -> dict[str, str]:
-    return {"DELIVERED": "orderDelivered", "CANCELLED": "orderCancelled"}
+    return {
+        "DELIVERED": "orderDelivered",
+        "CANCELLED": "orderCancelled",
+        "CANCELED": "orderCancelled",
+    }
+
+
+def status_key(status: str) -> str:
+    """An order status as ``status_events`` compares it: upper-case, spaces and hyphens read
+    as underscores (``Canceled``, ``in transit`` → ``CANCELED``, ``IN_TRANSIT``)."""
+    return "_".join(status.replace("-", " ").upper().split())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +301,8 @@ class OrdersSettings(Section):
     event_type_key: str = "orderCreated"
     updated_event_type_key: str = "orderUpdated"
     status_events: dict[str, str] = dataclasses.field(default_factory=_default_status_events)
-    """Order status → event type key; other statuses raise ``updated_event_type_key``."""
+    """Order status → event type key; other statuses raise ``updated_event_type_key``. Statuses
+    are compared without case, spaces and hyphens read as underscores (:func:`status_key`)."""
     api: bool = False
     """Also send orders to the Orders API (``{base_url}/v1/orders``), batched."""
     api_batch: int = 1000
@@ -291,6 +317,25 @@ class OrdersSettings(Section):
                 **{f"status_events.{k}": v for k, v in self.status_events.items()},
             },
         )
+        seen: dict[str, str] = {}
+        for status, event_type in self.status_events.items():
+            key = status_key(status)
+            if not key:
+                raise ConfigError(f"{path}status_events: a status must not be empty")
+            if key in seen and seen[key] != event_type:
+                raise ConfigError(
+                    f"{path}status_events.{status}: the same status as {key!r} with another "
+                    f"event type ({event_type!r}, not {seen[key]!r})"
+                )
+            seen[key] = event_type
+
+    def event_for(self, status: str) -> str:
+        """The event type key an order's new ``status`` raises."""
+        key = status_key(status)
+        for name, event_type in self.status_events.items():
+            if status_key(name) == key:
+                return event_type
+        return self.updated_event_type_key
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,14 +1,17 @@
 """The delivery loop: claim → check still wanted → send → settle as :mod:`.policy` decides.
 
-Claims and settlements are short transactions; the HTTP call happens between them with no
-transaction open. Sends run on a bounded pool of threads so a slow API does not serialise
+Claims and settlements are short transactions; the HTTP calls happen between them with no
+transaction open. One pass is a pipeline: the loop claims the next batch while the last one's
+sends are still on the wire, starts sends as the adaptive concurrency
+(:mod:`.concurrency`) allows, each waits its turn at the account's rate limit
+(:mod:`.limiter`), and finished sends are recorded in groups, one write transaction per group.
+So a slow API is met with more sends at once, up to the account's limit, not with a slower
 delivery. On shutdown, sends in progress finish and rows not yet sent are released.
 
 Two bounds keep a row from going out twice. A row starts its send only with lease time to
-finish it: a row that waited in its batch until its lease ran low renews it first (on the
-database's clock), and one taken over meanwhile is not sent. And no send starts while more
-than ``delivery.threads`` finished sends wait to be recorded, so a crash re-sends at most what
-was on the wire and one small group.
+finish it: a row that waited until its lease ran low renews it first (on the database's
+clock), and one taken over meanwhile is not sent. And no send starts while twice the number
+of sends allowed in progress are started and not yet recorded: a crash re-sends at most those.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, assert_never
@@ -37,11 +42,19 @@ from ..payload.validation import encode_body
 from ..storage import caps, outbox, pause
 from ..storage.enums import OutboxStatus
 from . import policy
+from .concurrency import AdaptiveConcurrency
+from .limiter import family_of
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
-MAX_BATCHES_PER_DRAIN = 50
+MAX_BATCHES_PER_DRAIN = 200
+"""Claims in one :meth:`Dispatcher.drain`: the scheduler's next run follows at once."""
+UNRECORDED_MAX = 2
+"""Sends started but not yet recorded, at most this many times the sends allowed in progress:
+what a crash can send twice."""
+RESULT_WAIT = 1.0
+"""Longest the loop waits for a send to finish before it looks at its work again."""
 UNSENDABLE = "cannot be sent"
 """How the error of a row whose request cannot be built begins."""
 ERROR_MAX = 2000
@@ -62,61 +75,39 @@ class _Job:
     """When the rows' lease last began, at the latest (this host's monotonic clock)."""
     lost: set[int] = dataclasses.field(default_factory=set)
     """Rows another worker took over before the send: not sent, not settled here."""
+    ticket: int = 0
+    """Its place among the sends in progress (:meth:`.AdaptiveConcurrency.take`)."""
+    queued: bool = False
+    """It waited for a place: the concurrency, not the work, held it back."""
+    unused_before: int | None = None
+    """Slots of its family this process had let pass unused when it took its turn."""
 
 
 Finished = tuple[_Job, policy.Result | None]
 """A job and its outcome (None: not tried)."""
 
 
-class _Window:
-    """Finished sends not yet recorded: no send starts while more than ``limit`` wait."""
+class _Run:
+    """What the sends of one pass share."""
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._waiting = 0
-        self._closed = False
-        self._cond = threading.Condition()
-
-    def enter(self) -> bool:
-        """Wait for room to start a send; False once the batch is over (nothing more starts)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._waiting <= self._limit or self._closed)
-            return not self._closed
-
-    def finished(self) -> None:
-        """One job is done (sent or not) and waits to be recorded."""
-        with self._cond:
-            self._waiting += 1
-
-    def recorded(self, count: int) -> None:
-        """``count`` finished jobs were recorded."""
-        with self._cond:
-            self._waiting -= count
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """The batch is over: jobs still waiting to start are not tried."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-class _Batch:
-    """What the sends of one claim share."""
-
-    def __init__(self, threads: int) -> None:
-        self.window = _Window(threads)
+    def __init__(self, probing: bool) -> None:
         self.refused = threading.Event()
         """A 401/403 came, and the key is not known to be good: nothing more starts."""
         self._verdict_lock = threading.Lock()
         self._verdict: tuple[bool | None] | None = None
         self.circuit = threading.Event()
         """The shared circuit is open: nothing more starts, unreachable sends spend nothing."""
-        self.probing = False
-        """This batch is the circuit's probe: its one event checks whether the API answers."""
+        self.probing = probing
+        """This pass is the circuit's probe: its one event checks whether the API answers."""
+        self.done: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        """Sends finished and waiting to be recorded."""
+
+    def halted(self) -> bool:
+        """Whether nothing more may start (a refused key, an open circuit)."""
+        return self.refused.is_set() or self.circuit.is_set()
 
     def key_verdict(self, check: Callable[[], bool | None]) -> bool | None:
-        """The key check's verdict, asked once per batch however many sends were refused."""
+        """The key check's verdict, asked once per pass however many sends were refused."""
         with self._verdict_lock:
             if self._verdict is None:
                 self._verdict = (check(),)
@@ -141,6 +132,8 @@ class Settled(StrEnum):
 class DispatchResult:
     """What one dispatch pass did."""
 
+    claims: int = 0
+    """How many claims the pass made."""
     claimed: int = 0
     sent: int = 0
     retried: int = 0
@@ -207,6 +200,7 @@ class Dispatcher:
         """Sends in a row, in this process, that got no response or a 5xx."""
         self._streak_rows: list[int] = []
         """The rows those sends retried: given their attempt back if the circuit opens."""
+        self._concurrency = AdaptiveConcurrency(settings.delivery.threads)
         ref = weakref.ref(self)
 
         def after_fork() -> None:
@@ -222,9 +216,29 @@ class Dispatcher:
         self._engine.dispose(close=False)
         self._lock = threading.Lock()  # a parent thread may have held it at the fork
         self._circuit_lock = threading.Lock()
+        self._concurrency = AdaptiveConcurrency(self._settings.delivery.threads)
 
     def dispatch(self) -> DispatchResult:
         """One claim of up to ``delivery.batch_size`` rows, sent and settled."""
+        return self._pass(1)
+
+    def drain(self) -> DispatchResult:
+        """Dispatch until nothing is due, delivery pauses or :data:`MAX_BATCHES_PER_DRAIN`
+        claims were made: one pass that claims again while earlier sends are in progress (two
+        when a one-event probe of the circuit or the key goes first)."""
+        total = DispatchResult()
+        claims = MAX_BATCHES_PER_DRAIN
+        while claims > 0 and not self.stopping.is_set():
+            result = self._pass(claims)
+            total.add(result)
+            claims -= result.claims
+            if result.paused or not result.full:
+                break
+        return total
+
+    def _pass(self, claims: int) -> DispatchResult:
+        """Up to ``claims`` claims of ``delivery.batch_size`` rows, sent and settled; a single
+        row when a probe of the circuit or of the key comes first."""
         delivery = self._settings.delivery
         if not self._transport.ready:
             if not self._warned_no_key:
@@ -253,53 +267,115 @@ class Dispatcher:
                 return DispatchResult(paused=True)
             if verdict is None:
                 limit = 1  # no verdict on the key: one event probes it before a whole batch
+        if limit == 1:
+            claims = 1
+        run = _Run(probing)
+        result = DispatchResult()
+        pending: deque[_Job] = deque()
+        in_progress = 0
+        more = True
+        try:
+            while True:
+                if more and len(pending) <= self._concurrency.limit:
+                    more = self._claim(limit, run, pending, result) and result.claims < claims
+                in_progress += self._start(pending, run, in_progress)
+                if run.halted() or self.stopping.is_set():
+                    more = False
+                    while pending:  # not tried: back unspent (held while the circuit is open)
+                        run.done.put((pending.popleft(), None))
+                        in_progress += 1
+                if not in_progress:
+                    if pending or more:
+                        continue
+                    break
+                in_progress -= self._record(run, result)
+        finally:
+            while in_progress:  # a failure of this loop: sends already started still finish
+                in_progress -= self._record(run, result)
+        if run.circuit.is_set():
+            result.paused = result.circuit_open = True
+        if probing and not result.claimed:
+            self._probe_without_event(result)
+        return result
+
+    def _claim(self, limit: int, run: _Run, pending: deque[_Job], result: DispatchResult) -> bool:
+        """Claim up to ``limit`` due rows and queue their jobs; True if the claim was full (more
+        rows may be due)."""
+        delivery = self._settings.delivery
         leased_at = _monotonic()  # taken before the claim: the leases run at least from here
         with self._engine.begin() as conn:
-            claimed = outbox.claim(conn, now, delivery.lease, limit)
-        result = DispatchResult(claimed=len(claimed), full=len(claimed) == limit)
-        if not claimed:
-            if probing:
-                self._probe_without_event(result)
-            return result
-        with self._engine.begin() as conn:
-            wanted = self._screen(conn, claimed, result)
-            jobs = self._jobs(conn, wanted, leased_at, result)
-        batch = _Batch(delivery.threads)
-        batch.probing = probing
+            claimed = outbox.claim(conn, self._clock(), delivery.lease, limit)
+        result.claims += 1
+        result.claimed += len(claimed)
+        result.full = len(claimed) == limit
+        if claimed:
+            with self._engine.begin() as conn:
+                wanted = self._screen(conn, claimed, result)
+                pending.extend(self._jobs(conn, wanted, leased_at, result))
+        return result.full and not result.paused
 
-        def send(job: _Job) -> Finished:
-            try:
-                return job, self._send(job, batch)
-            except Exception as exc:  # one job's failure must not strand the others in flight
-                log.exception("sending event %d failed", job.rows[0].id)
-                return job, policy.Result(None, f"{type(exc).__name__}: {exc}"[:ERROR_MAX])
-            finally:
-                batch.window.finished()
+    def _start(self, pending: deque[_Job], run: _Run, in_progress: int) -> int:
+        """Start the queued jobs there is room for; how many started. Room: a free place
+        (:class:`.AdaptiveConcurrency`), and fewer than :data:`UNRECORDED_MAX` × its number
+        of sends started but not recorded yet."""
+        started = 0
+        queued = False
+        while pending and not run.halted() and not self.stopping.is_set():
+            if not self._concurrency.has_room() or (
+                in_progress + started >= UNRECORDED_MAX * self._concurrency.limit
+            ):
+                queued = True  # the rest wait: the concurrency holds them back
+                break
+            job = pending.popleft()
+            job.ticket = self._concurrency.take()
+            job.queued = job.queued or queued
+            self._executor().submit(self._send_and_report, job, run)
+            started += 1
+        for job in pending:
+            job.queued = job.queued or queued
+        return started
 
+    def _send_and_report(self, job: _Job, run: _Run) -> None:
+        """One job's send on a pool thread; its outcome goes to the loop, whatever happens."""
+        sent: policy.Result | None = None
         try:
-            if len(jobs) == 1 or delivery.threads == 1:
-                finished: Iterable[Finished] = map(send, jobs)
-            else:
-                pool = self._executor()
-                futures = [pool.submit(send, job) for job in jobs]
-                finished = (f.result() for f in as_completed(futures))
-            # Settled in small groups as they finish: one write transaction per group, not per
-            # event, while a finished send waits at most for a few others before it is recorded.
-            group: list[Finished] = []
-            for done in finished:
-                group.append(done)
-                if len(group) >= delivery.threads:
-                    self._settle_group(group, result, batch)
-                    batch.window.recorded(len(group))
-                    group = []
-            if group:
-                self._settle_group(group, result, batch)
-                batch.window.recorded(len(group))
+            sent = self._send(job, run)
+        except Exception as exc:  # one job's failure must not strand the others in flight
+            log.exception("sending event %d failed", job.rows[0].id)
+            sent = policy.Result(None, f"{type(exc).__name__}: {exc}"[:ERROR_MAX])
         finally:
-            batch.window.close()
-        if batch.circuit.is_set():
-            result.paused = result.circuit_open = True
-        return result
+            try:
+                self._concurrency.answered(
+                    job.ticket,
+                    queued=job.queued,
+                    slack=self._slack(job),
+                    throttled=sent is not None and sent.status == 429,
+                )
+            finally:
+                self._concurrency.give_back()
+                run.done.put((job, sent))
+
+    def _record(self, run: _Run, result: DispatchResult) -> int:
+        """Wait for finished sends and record every one that has finished, in one transaction;
+        how many were recorded (0 when none finished within :data:`RESULT_WAIT`)."""
+        try:
+            group = [run.done.get(timeout=RESULT_WAIT)]
+        except queue.Empty:
+            return 0
+        while True:
+            try:
+                group.append(run.done.get_nowait())
+            except queue.Empty:
+                break
+        self._settle_group(group, result, run)
+        return len(group)
+
+    def _slack(self, job: _Job) -> bool:
+        """Whether slots of the job's family went unused since it took its turn."""
+        if job.unused_before is None:
+            return False
+        family = family_of(job.rows[0].api_path)
+        return self._transport.limiter.unused(family) > job.unused_before
 
     def _probe_without_event(self, result: DispatchResult) -> None:
         """The circuit's probe found no event due: a check of the key asks the API instead."""
@@ -318,33 +394,33 @@ class Dispatcher:
             log.warning("the API answers again: the circuit is closed and delivery resumes")
 
     def _circuit_step(
-        self, conn: Connection, sent: policy.Result | None, batch: _Batch, now: datetime
+        self, conn: Connection, sent: policy.Result | None, run: _Run, now: datetime
     ) -> bool:
         """Count one finished send toward the circuit rule; True while the circuit holds its
         rows (they spend no attempt). The send that trips the rule opens the circuit for every
         process and gives the streak's earlier rows their attempt back."""
         if sent is None:
-            return batch.circuit.is_set()
+            return run.circuit.is_set()
         delivery = self._settings.delivery
         with self._circuit_lock:
             self._streak = policy.streak_after(self._streak, sent)
             if not policy.unreachable(sent):
                 self._streak_rows.clear()
                 answered = True
-            elif batch.probing or batch.circuit.is_set():
+            elif run.probing or run.circuit.is_set():
                 return True
             elif pause.circuit(conn) is not None:  # another process opened it meanwhile
-                batch.circuit.set()
+                run.circuit.set()
                 return True
             elif not policy.circuit_trips(self._streak, delivery):
                 return False
             else:
                 answered = False
-                batch.circuit.set()
+                run.circuit.set()
                 forgiven = outbox.forgive(conn, self._streak_rows)
                 self._streak_rows.clear()
         if answered:
-            if batch.probing:
+            if run.probing:
                 self._close_circuit(conn)
             return False
         until = now + delivery.probe_interval
@@ -437,18 +513,6 @@ class Dispatcher:
         else:
             result.count(Settled.LOST_LEASE)
 
-    def drain(self) -> DispatchResult:
-        """Dispatch until nothing is due, delivery pauses or the loop's bound is reached."""
-        total = DispatchResult()
-        for _ in range(MAX_BATCHES_PER_DRAIN):
-            if self.stopping.is_set():
-                break
-            result = self.dispatch()
-            total.add(result)
-            if result.paused or not result.full:
-                break
-        return total
-
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None or self._pool_pid != os.getpid():
@@ -457,7 +521,6 @@ class Dispatcher:
                     thread_name_prefix="shop-events-send",
                 )
                 self._pool_pid = os.getpid()
-                metrics.SEND_CONCURRENCY.set(self._settings.delivery.threads)
             return self._pool
 
     def close(self) -> None:
@@ -477,6 +540,7 @@ class Dispatcher:
         a change, an opt-out since they were queued) are superseded.
         """
         if self.stopping.is_set() or self._paused(conn):
+            result.paused = not self.stopping.is_set()
             now = self._clock()
             result.released += sum(outbox.release(conn, row, now) for row in claimed)
             return []
@@ -500,14 +564,10 @@ class Dispatcher:
                 result.count(Settled.LOST_LEASE)
         return wanted
 
-    def _send(self, job: _Job, batch: _Batch) -> policy.Result | None:
-        """Send one job's request; None when it is not tried (shutdown, bad key, open circuit,
-        lost lease)."""
-        if self.stopping.is_set() or batch.refused.is_set() or batch.circuit.is_set():
-            return None
-        if not batch.window.enter():
-            return None
-        if not self._transport.wait_turn(self.stopping) or batch.refused.is_set():
+    def _send(self, job: _Job, run: _Run) -> policy.Result | None:
+        """Send one job's request at its turn; None when it is not tried (shutdown, bad key,
+        open circuit, lost lease, no turn at the rate limit)."""
+        if self.stopping.is_set() or run.halted():
             return None
         try:
             if not self._keep_lease(job):
@@ -515,14 +575,23 @@ class Dispatcher:
         except Exception:  # not sent: the row goes back with no attempt spent
             log.exception("event %d: its lease could not be renewed", job.rows[0].id)
             return None
-        sent = metrics.timed_send(self._transport.post, job.rows[0].api_path, job.body)
+        api_path = job.rows[0].api_path
+        try:
+            waited = self._transport.wait_turn(api_path, self.stopping)
+        except Exception:  # not sent either
+            log.exception("event %d: no turn could be taken at the rate limit", job.rows[0].id)
+            return None
+        if waited is None or run.halted():
+            return None
+        job.unused_before = self._transport.limiter.unused(family_of(api_path))
+        sent = metrics.timed_send(self._transport.post, api_path, job.body)
         if policy.classify(sent.status) is policy.Outcome.AUTH:
-            batch.refused.set()  # nothing more starts until the key is checked
-            verdict = batch.key_verdict(
+            run.refused.set()  # nothing more starts until the key is checked
+            verdict = run.key_verdict(
                 lambda: policy.key_verdict(self._transport.check_key(self.stopping))
             )
             if verdict is True:  # the key is good: the platform refused this event only
-                batch.refused.clear()
+                run.refused.clear()
                 sent = dataclasses.replace(sent, key_valid=True)
         return sent
 
@@ -542,13 +611,13 @@ class Dispatcher:
         job.leased_at = renewed_at
         return not job.lost
 
-    def _settle_group(self, group: list[Finished], result: DispatchResult, batch: _Batch) -> None:
+    def _settle_group(self, group: list[Finished], result: DispatchResult, run: _Run) -> None:
         """Record finished sends in one transaction, each row on its own: a row that cannot be
         recorded is left to its lease and takes no other row with it."""
         delivery = self._settings.delivery
         with self._engine.begin() as conn:
             for job, sent in group:
-                held = self._circuit_step(conn, sent, batch, self._clock())
+                held = self._circuit_step(conn, sent, run, self._clock())
                 for row in job.rows:
                     if row.id in job.lost:
                         result.count(Settled.LOST_LEASE)

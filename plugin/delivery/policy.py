@@ -18,6 +18,9 @@ from ..config import DeliverySettings, format_duration
 PAUSE_REASON_MAX = 500
 """The pause's reason is shown on the status page and in ``shop-events status``: one line."""
 
+THROTTLED_WAIT = timedelta(seconds=1)
+"""How long a 429 that named no ``Retry-After`` holds every sender off, and its row."""
+
 AUTH_TEXT = "bad API key"
 """The error of a 401/403 that came without a reason."""
 
@@ -38,7 +41,10 @@ class Outcome(StrEnum):
 
     SENT = "sent"
     RETRY = "retry"
-    """429, 425, 408, 5xx, timeouts and connection errors: try again later."""
+    """425, 408, 5xx, timeouts and connection errors: try again later."""
+    THROTTLED = "throttled"
+    """429: the account is over its rate limit. Not the event's failure: it goes again after
+    the wait the platform named (``Retry-After``) and spends no attempt."""
     DEAD = "dead"
     """Any other status: the platform refused the event; retrying cannot help."""
     AUTH = "auth"
@@ -54,7 +60,9 @@ def classify(status: int | None) -> Outcome:
         return Outcome.SENT
     if status in (401, 403):
         return Outcome.AUTH
-    if status in (408, 425, 429) or status >= 500:
+    if status == 429:
+        return Outcome.THROTTLED
+    if status in (408, 425) or status >= 500:
         return Outcome.RETRY
     return Outcome.DEAD
 
@@ -205,18 +213,34 @@ def decide(
         return Pause(until=now + settings.auth_pause, error=error, status=result.status)
     if outcome is Outcome.DEAD:
         return Dead(error=describe(result), attempts=attempts, status=result.status)
+    if outcome is Outcome.THROTTLED:
+        return throttled(result, row, settings, now)
     if gives_up(settings, attempts, row.created_at, now):
         error = f"gave up after {attempts} attempts: {describe(result)}"
         return Dead(error=error, attempts=attempts, status=result.status)
     wait = result.retry_after
     if wait is not None and now + wait > row.created_at + settings.give_up_after:
-        error = (
-            f"gave up: the platform asked to wait {format_duration(wait)} (Retry-After), "
-            f"past delivery.give_up_after: {describe(result)}"
-        )
-        return Dead(error=error, attempts=attempts, status=result.status)
+        return _waits_too_long(result, attempts, wait)
     at = now + backoff(settings, attempts, result.retry_after, rng)
     return Retry(at=at, error=describe(result), attempts=attempts, status=result.status)
+
+
+def throttled(result: Result, row: Row, settings: DeliverySettings, now: datetime) -> Decision:
+    """A 429: the row goes again after ``Retry-After`` (:data:`THROTTLED_WAIT` without one,
+    at most ``backoff_max``) with its attempts as they were; dead only past ``give_up_after``."""
+    wait = result.retry_after or THROTTLED_WAIT
+    if now + wait > row.created_at + settings.give_up_after:
+        return _waits_too_long(result, row.attempts + 1, wait)
+    at = now + min(wait, settings.backoff_max)
+    return Retry(at=at, error=describe(result), attempts=row.attempts, status=result.status)
+
+
+def _waits_too_long(result: Result, attempts: int, wait: timedelta) -> Dead:
+    error = (
+        f"gave up: the platform asked to wait {format_duration(wait)} (Retry-After), "
+        f"past delivery.give_up_after: {describe(result)}"
+    )
+    return Dead(error=error, attempts=attempts, status=result.status)
 
 
 def key_verdict(check: Result | None) -> bool | None:

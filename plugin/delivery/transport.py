@@ -1,4 +1,4 @@
-"""HTTP to the platform: session, auth, rate limit; reports what each request got back.
+"""HTTP to the platform: session, auth, rate limits; reports what each request got back.
 
 What a response means for its row is decided in :mod:`.policy`, not here. The session is
 rebuilt after a fork, so a pre-forked server never shares sockets.
@@ -37,7 +37,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from ..clock import Clock, utcnow
 from ..config import ApiSettings
 from ..version import __version__
-from .policy import Result
+from .limiter import AccountLimiter, family_of
+from .policy import THROTTLED_WAIT, Result
 
 log = logging.getLogger(__name__)
 
@@ -70,46 +71,8 @@ def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
     return min(max(timedelta(0), when - now), RETRY_AFTER_MAX)
 
 
-def _monotonic() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
-
-
 def _deadline_clock() -> float:
-    # the request deadlines' own clock: tests that fake the rate limiter's leave this one be
     return time.clock_gettime(time.CLOCK_MONOTONIC)
-
-
-class RateLimiter:
-    """Spaces requests to at most ``rate`` per second in this process (thread-safe).
-
-    Real elapsed time, not the plugin's clock: it throttles the wire, which tests never fake.
-    """
-
-    def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._next = 0.0
-        self._blocked_until = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self, stop: threading.Event | None = None) -> None:
-        """Wait for this caller's slot, and past any :meth:`block`; returns early on ``stop``."""
-        waiter = stop or threading.Event()
-        while True:
-            with self._lock:
-                now = _monotonic()
-                slot = max(now, self._blocked_until, self._next)
-                self._next = slot + self._interval
-            if slot > now and waiter.wait(slot - now):
-                return
-            with self._lock:
-                if _monotonic() >= self._blocked_until:
-                    return
-            # a block began while this caller waited for its slot: queue again behind it
-
-    def block(self, seconds: float) -> None:
-        """Let no request start for ``seconds`` from now (a server's ``Retry-After``)."""
-        with self._lock:
-            self._blocked_until = max(self._blocked_until, _monotonic() + seconds)
 
 
 class _Guard:
@@ -282,11 +245,18 @@ class _Answer:
 class Transport:
     """Sends finished bodies to the platform; one per process, shared by the sending threads."""
 
-    def __init__(self, api: ApiSettings, pool_size: int = 4, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        api: ApiSettings,
+        pool_size: int = 4,
+        clock: Clock = utcnow,
+        limiter: AccountLimiter | None = None,
+    ) -> None:
         self._api = api
         self._pool_size = pool_size
         self._clock = clock
-        self._limiter = RateLimiter(api.rate_limit)
+        self.limiter = limiter or AccountLimiter(api)
+        """Spaces requests to the account's limits (without one given: this process's own)."""
         self._session: requests.Session | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -332,14 +302,14 @@ class Transport:
                 self._session, self._pid = session, os.getpid()
             return self._session
 
-    def wait_turn(self, stop: threading.Event | None = None) -> bool:
-        """Wait for the rate limit to allow one more request; False if ``stop`` came first."""
-        self._limiter.acquire(stop)
-        return stop is None or not stop.is_set()
+    def wait_turn(self, api_path: str, stop: threading.Event | None = None) -> float | None:
+        """Wait until the rate limit of ``api_path``'s family allows one more request; the
+        seconds waited, or None if ``stop`` came first."""
+        return self.limiter.acquire(family_of(api_path), stop)
 
     def send(self, api_path: str, body: bytes, stop: threading.Event | None = None) -> Result:
         """POST one body when the rate limit allows (:meth:`wait_turn`, then :meth:`post`)."""
-        self.wait_turn(stop)
+        self.wait_turn(api_path, stop)
         return self.post(api_path, body)
 
     def post(self, api_path: str, body: bytes) -> Result:
@@ -348,11 +318,15 @@ class Transport:
         if answer.status is None:
             return Result(None, answer.text)
         retry_after = parse_retry_after(answer.headers.get("Retry-After"), self._clock())
-        if retry_after is not None and answer.status in (429, 503):
-            # The whole process waits, not just this row: every request would be refused.
-            # At most one read timeout, so rows claimed meanwhile keep their leases
+        if answer.status == 429 or (answer.status == 503 and retry_after is not None):
+            # The account is over its limit, not this event: every sender of the family holds
+            # off. At most one read timeout, so rows claimed meanwhile keep their leases
             # (lease > 2 × (timeout + connect_timeout)); the row itself waits its own time.
-            self._limiter.block(min(retry_after, self._api.timeout).total_seconds())
+            wait = min(retry_after or THROTTLED_WAIT, self._api.timeout)
+            try:
+                self.limiter.hold(family_of(api_path), wait.total_seconds())
+            except Exception:  # the result still counts: the row goes again after its wait
+                log.exception("could not share a 429's wait with the other senders")
         return Result(answer.status, answer.text, retry_after)
 
     def check_key(self, stop: threading.Event | None = None) -> Result | None:
@@ -360,7 +334,7 @@ class Transport:
         (``GET api.key_check_path``); None when no path is set or ``stop`` came first.
         :func:`.policy.key_verdict` reads the answer."""
         path = self._api.key_check_path
-        if not path or not self.wait_turn(stop):
+        if not path or self.wait_turn(path, stop) is None:
             return None
         answer = self._request("GET", path, None)
         return Result(answer.status, answer.text)

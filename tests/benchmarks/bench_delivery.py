@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -137,11 +138,51 @@ def _event_id(body: bytes) -> int | None:
     return int(body[start : body.index(b'"', start)])
 
 
-def _lean_main(latency: float, size: int, pipe: Pipe) -> None:
-    """The lean receiver's process: serve, and answer ``stats`` requests on ``pipe``."""
+def most_in_one_second(times: Sequence[float]) -> int:
+    """The largest number of ``times`` (seconds, sorted) inside any one-second window."""
+    most = 0
+    first = 0
+    for last, at in enumerate(times):
+        while times[first] <= at - 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def _lean_main(
+    latency: float,
+    size: int,
+    pipe: Pipe,
+    rate: float | None = None,
+    burst: float = 0.1,
+    port: int = 0,
+) -> None:
+    """The lean receiver's process: serve, and answer ``stats`` requests on ``pipe``.
+
+    With ``rate``, it enforces it as the platform does: a token bucket of ``rate`` per second
+    holding ``rate × burst`` tokens; a request finding it empty is answered 429 with
+    ``Retry-After: 1`` at once (and is not counted as delivered).
+    """
     seen = bytearray(size)
-    state = {"arrived": 0, "first": 0.0, "last": 0.0, "other": 0}
+    state: dict[str, Any] = {"arrived": 0, "first": 0.0, "last": 0.0, "other": 0, "refused": 0}
+    times = array("d")
+    bucket = {"tokens": max(1.0, (rate or 0) * burst), "at": time.monotonic()}
     ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n"
+    busy = (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+
+    def within_rate(now: float) -> bool:
+        if not rate:
+            return True
+        capacity = max(1.0, rate * burst)
+        bucket["tokens"] = min(capacity, bucket["tokens"] + (now - bucket["at"]) * rate)
+        bucket["at"] = now
+        if bucket["tokens"] < 1.0:
+            return False
+        bucket["tokens"] -= 1.0
+        return True
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with suppress(asyncio.IncompleteReadError, ConnectionError):
@@ -152,8 +193,14 @@ def _lean_main(latency: float, size: int, pipe: Pipe) -> None:
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
                 body = await reader.readexactly(length) if length else b""
+                now = time.monotonic()
+                times.append(now)
+                if not within_rate(now):
+                    state["refused"] += 1
+                    writer.write(busy)
+                    continue
                 if not state["arrived"]:
-                    state["first"] = time.monotonic()
+                    state["first"] = now
                 state["arrived"] += 1
                 if latency:
                     await asyncio.sleep(latency)
@@ -167,7 +214,7 @@ def _lean_main(latency: float, size: int, pipe: Pipe) -> None:
         writer.close()
 
     async def serve() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
         pipe.send(server.sockets[0].getsockname()[1])
         loop = asyncio.get_running_loop()
         while True:
@@ -179,6 +226,7 @@ def _lean_main(latency: float, size: int, pipe: Pipe) -> None:
                     **state,
                     "missing": seen.count(0),
                     "twice": sum(n - 1 for n in seen if n > 1),
+                    "most_in_1s": most_in_one_second(times) if times else 0,
                 }
             )
 
@@ -186,13 +234,19 @@ def _lean_main(latency: float, size: int, pipe: Pipe) -> None:
 
 
 class LeanReceiver:
-    """An asyncio HTTP/1.1 responder in its own process: 200 after ``latency``, counts ids."""
+    """An asyncio HTTP/1.1 responder in its own process: 200 after ``latency``, counts ids;
+    with ``rate``, 429 above it (see :func:`_lean_main`)."""
 
-    def __init__(self, latency: float = 0.0, size: int = 0) -> None:
+    def __init__(
+        self, latency: float = 0.0, size: int = 0, rate: float | None = None, port: int = 0
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self._pipe, child = context.Pipe()
         self._process = context.Process(
-            target=_lean_main, args=(latency, size, child), daemon=True, name="lean-receiver"
+            target=_lean_main,
+            args=(latency, size, child, rate, 0.1, port),
+            daemon=True,
+            name="lean-receiver",
         )
         self._process.start()
         if not self._pipe.poll(30):

@@ -12,6 +12,7 @@ from shop_events.delivery.dispatcher import DispatchResult, Settled
 from shop_events.delivery.policy import (
     AUTH_TEXT,
     PAUSE_REASON_MAX,
+    THROTTLED_WAIT,
     Dead,
     Held,
     Outcome,
@@ -77,7 +78,7 @@ class Edge(random.Random):
         (409, Outcome.DEAD),
         (422, Outcome.DEAD),
         (425, Outcome.RETRY),
-        (429, Outcome.RETRY),
+        (429, Outcome.THROTTLED),
         (500, Outcome.RETRY),
         (502, Outcome.RETRY),
         (503, Outcome.RETRY),
@@ -146,7 +147,7 @@ def test_a_refusal_on_the_last_attempt_is_not_a_give_up() -> None:
     assert decision == Dead(error="HTTP 400: bad", attempts=SETTINGS.max_attempts, status=400)
 
 
-@pytest.mark.parametrize("status", [408, 425, 429, 500, 503])
+@pytest.mark.parametrize("status", [408, 425, 500, 503])
 def test_transient_failures_retry_with_backoff(status: int) -> None:
     decision = decide(Result(status, "busy"), Row(attempts=2), SETTINGS, NOW, random.Random(7))
     assert isinstance(decision, Retry)
@@ -163,6 +164,36 @@ def test_retry_after_is_a_floor(status: int) -> None:
     decision = decide(result, Row(), SETTINGS, NOW, Edge(high=True))
     assert isinstance(decision, Retry)
     assert decision.at == NOW + timedelta(minutes=10)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "wait"),
+    [
+        (timedelta(seconds=1), timedelta(seconds=1)),
+        (None, THROTTLED_WAIT),
+        (timedelta(seconds=0), THROTTLED_WAIT),
+        (timedelta(hours=5), SETTINGS.backoff_max),
+    ],
+)
+def test_a_429_goes_again_after_its_retry_after_without_spending_an_attempt(
+    retry_after: timedelta | None, wait: timedelta
+) -> None:
+    result = Result(429, "Too Many Requests", retry_after=retry_after)
+    decision = decide(result, Row(attempts=4), SETTINGS, NOW, Edge(high=True))
+    # not the event backoff (30 s × 2⁴ here): the account was over its limit, not the event
+    assert decision == Retry(
+        at=NOW + wait, error="HTTP 429: Too Many Requests", attempts=4, status=429
+    )
+
+
+def test_429s_never_make_a_row_dead_before_give_up_after() -> None:
+    row = Row(attempts=SETTINGS.max_attempts + 10)
+    decision = decide(Result(429, ""), row, SETTINGS, NOW)
+    assert isinstance(decision, Retry)
+    old = Row(created_at=NOW - SETTINGS.give_up_after)
+    decision = decide(Result(429, "slow"), old, SETTINGS, NOW)
+    assert isinstance(decision, Dead)
+    assert "give_up_after" in decision.error
 
 
 def test_a_short_retry_after_does_not_shorten_the_backoff() -> None:

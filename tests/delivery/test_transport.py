@@ -16,11 +16,11 @@ from email.utils import format_datetime
 
 import pytest
 from shop_events.config import ApiSettings, Settings
+from shop_events.delivery import limiter
 from shop_events.delivery.policy import Outcome, Result, classify, key_verdict
 from shop_events.delivery.transport import (
     ERROR_TEXT_MAX,
     RETRY_AFTER_MAX,
-    RateLimiter,
     Transport,
     parse_retry_after,
 )
@@ -106,7 +106,7 @@ STATUSES = [
     (403, Outcome.AUTH),
     (404, Outcome.DEAD),
     (408, Outcome.RETRY),
-    (429, Outcome.RETRY),
+    (429, Outcome.THROTTLED),
     (500, Outcome.RETRY),
     (503, Outcome.RETRY),
 ]
@@ -140,7 +140,7 @@ def test_unknown_path_is_dead(transport: Transport) -> None:
 def test_retry_after_seconds(receiver: Receiver, transport: Transport) -> None:
     receiver.script(Reply(429, "slow down", headers={"Retry-After": "120"}))
     result = transport.send("v1/event", BODY)
-    assert classify(result.status) is Outcome.RETRY
+    assert classify(result.status) is Outcome.THROTTLED
     assert result.retry_after == timedelta(seconds=120)
 
 
@@ -217,60 +217,8 @@ def test_redirects_are_not_followed(receiver: Receiver, transport: Transport) ->
 def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
     """The limiter's monotonic clock, moved only by the waits it asks for."""
     made = VirtualTime()
-    monkeypatch.setattr(sys.modules[RateLimiter.__module__], "_monotonic", made)
+    monkeypatch.setattr(limiter, "_monotonic", made)
     return made
-
-
-def test_rate_limiter_spaces_calls(clock: VirtualTime) -> None:
-    limiter = RateLimiter(200.0)  # one slot every 5 ms
-    start = clock()
-    for _ in range(20):
-        limiter.acquire(clock)
-    # the first call is free, the other 19 wait their turn
-    assert clock.waits == pytest.approx([0.005] * 19)
-    assert clock() - start == pytest.approx(19 * 0.005)
-
-
-def test_rate_limiter_shared_by_threads(clock: VirtualTime) -> None:
-    clock.frozen = True  # every caller asks at the same instant: each must get its own slot
-    limiter = RateLimiter(200.0)
-    threads = [
-        threading.Thread(target=lambda: [limiter.acquire(clock) for _ in range(5)])
-        for _ in range(4)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
-    assert not any(t.is_alive() for t in threads)
-    assert sorted(clock.waits) == pytest.approx([0.005 * k for k in range(1, 20)])
-
-
-def test_rate_limiter_returns_early_on_stop(clock: VirtualTime) -> None:
-    limiter = RateLimiter(0.1)  # one slot every 10 s
-    limiter.acquire(clock)
-    clock.stopped = True
-    start = clock()
-    limiter.acquire(clock)
-    assert clock.waits == [pytest.approx(10.0)]  # it waited on the stop event, which was set
-    assert clock() == start
-
-
-def test_rate_limiter_block_holds_every_caller_including_those_already_waiting(
-    clock: VirtualTime,
-) -> None:
-    limiter = RateLimiter(2.0)  # a slot every 0.5 s
-    start = clock()
-    passed: list[float] = []
-    limiter.acquire(clock)  # the first slot is free
-    passed.append(clock() - start)
-    # the next caller waits for its slot at 0.5 s; meanwhile a 429 says: nothing for a second
-    clock.on_wait = lambda: limiter.block(1.0)
-    limiter.acquire(clock)
-    passed.append(clock() - start)
-    limiter.acquire(clock)  # the next one keeps its spacing behind it
-    passed.append(clock() - start)
-    assert passed == pytest.approx([0.0, 1.0, 1.5])
 
 
 def test_send_is_rate_limited(receiver: Receiver, clock: VirtualTime) -> None:
