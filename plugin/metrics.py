@@ -73,7 +73,12 @@ IN_FLIGHT = Gauge(
 )
 SEND_CONCURRENCY = Gauge(
     "shop_events_send_concurrency",
-    "How many requests each process's dispatcher may have in progress at once.",
+    "How many requests each process's dispatcher may have in progress at once now.",
+    multiprocess_mode="livesum",
+)
+SEND_CONCURRENCY_MAX = Gauge(
+    "shop_events_send_concurrency_max",
+    "The most requests each process's dispatcher may ever have in progress (delivery.threads).",
     multiprocess_mode="livesum",
 )
 

@@ -22,6 +22,7 @@ from freezegun.api import FrozenDateTimeFactory
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from shop_events import Tracker
+from shop_events.delivery.concurrency import INITIAL
 from shop_events.integrations.prometheus import HealthCollector, registry
 from shop_events.metrics import render
 from shop_events.storage import pause as pause_state
@@ -150,11 +151,15 @@ def test_a_reminder_overtaken_by_an_order_counts_superseded(
     assert order.now() == [1, 0, 0, 0]
 
 
-def test_send_concurrency_is_the_pool_size(tracker: Tracker, receiver: Receiver) -> None:
+def test_send_concurrency_shows_the_adaptive_number_and_its_bound(
+    tracker: Tracker, receiver: Receiver
+) -> None:
     for n in range(3):
         tracker.custom_event("login", key_value=f"u{n}@example.com", params={"n": n})
     assert tracker.dispatch().sent == 3
-    assert value("shop_events_send_concurrency") == tracker.settings.delivery.threads
+    assert value("shop_events_send_concurrency_max") == tracker.settings.delivery.threads
+    # three events never made anything wait: the number stays where it starts
+    assert value("shop_events_send_concurrency") == min(INITIAL, tracker.settings.delivery.threads)
 
 
 def scrape(tracker: Tracker) -> dict[str, float]:

@@ -18,6 +18,7 @@ from ..payload.contacts import check_name, check_phone, profile_inputs
 from ..payload.events import Param, build_body
 from ..payload.validation import check_email, check_event_size, check_url, quoted
 from ..storage import caps, consent, outbox, registrations
+from ..storage.enums import Subject
 from .base import HookParams, Hooks, check_params
 
 
@@ -148,7 +149,13 @@ class AccountHooks(Hooks):
         connection: Connection | None,
     ) -> None:
         contact = check_email(email)
-        event = self._immediate_event(event_type, contact, [("email", contact), *pairs])
+        event = self._immediate_event(
+            event_type,
+            contact,
+            [("email", contact), *pairs],
+            subject_type=Subject.CONTACT,
+            subject_id=contact,
+        )
         if not self._bot(what, user_agent, contact):
             self._queue(what, [event], session, connection)
 
@@ -186,7 +193,9 @@ class AccountHooks(Hooks):
             raise ValidationError("created", f"must be True or False, got {quoted(created)}")
         keys = self.settings.events
         event_type = keys.create_contact if created else keys.update_contact
-        event = self._immediate_event(event_type, contact, params)
+        event = self._immediate_event(
+            event_type, contact, params, subject_type=Subject.CONTACT, subject_id=contact
+        )
         self._queue("contact_upserted", [event], session, connection)
 
     # -- consent -----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class AdaptiveConcurrency:
         self._cut_at = 0
         self._lock = threading.Lock()
         metrics.SEND_CONCURRENCY.set(self.limit)
+        metrics.SEND_CONCURRENCY_MAX.set(maximum)
 
     @property
     def limit(self) -> int:

@@ -40,6 +40,7 @@ from ..config import Settings, format_duration
 from ..payload.orders_api import ORDERS_API_PATH
 from ..payload.validation import encode_body
 from ..storage import caps, outbox, pause
+from ..storage.engines import REST_AFTER_DELIVERY, eased
 from ..storage.enums import OutboxStatus
 from . import policy
 from .concurrency import AdaptiveConcurrency
@@ -101,6 +102,9 @@ class _Run:
         """This pass is the circuit's probe: its one event checks whether the API answers."""
         self.done: queue.SimpleQueue[Finished] = queue.SimpleQueue()
         """Sends finished and waiting to be recorded."""
+        self.successors = False
+        """Rows of a subject were recorded since the last look: a later event of the same
+        subject, held back until they were, may be due now."""
 
     def halted(self) -> bool:
         """Whether nothing more may start (a refused key, an open circuit)."""
@@ -239,6 +243,10 @@ class Dispatcher:
     def _pass(self, claims: int) -> DispatchResult:
         """Up to ``claims`` claims of ``delivery.batch_size`` rows, sent and settled; a single
         row when a probe of the circuit or of the key comes first."""
+        with eased(REST_AFTER_DELIVERY):
+            return self._pass_eased(claims)
+
+    def _pass_eased(self, claims: int) -> DispatchResult:
         delivery = self._settings.delivery
         if not self._transport.ready:
             if not self._warned_no_key:
@@ -289,6 +297,9 @@ class Dispatcher:
                         continue
                     break
                 in_progress -= self._record(run, result)
+                if run.successors and result.claims < claims and not run.halted():
+                    more = True  # the next event of a subject just sent may be due now
+                run.successors = False
         finally:
             while in_progress:  # a failure of this loop: sends already started still finish
                 in_progress -= self._record(run, result)
@@ -368,6 +379,9 @@ class Dispatcher:
             except queue.Empty:
                 break
         self._settle_group(group, result, run)
+        run.successors = run.successors or any(
+            row.subject_id is not None for job, _ in group for row in job.rows
+        )
         return len(group)
 
     def _slack(self, job: _Job) -> bool:

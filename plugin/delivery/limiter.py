@@ -60,7 +60,10 @@ def rate_of(api: ApiSettings, family: Family) -> float:
 
 
 RUN_SECONDS = 0.1
-"""How much of a family's schedule a sender takes at once: at 350/s, 35 slots per statement."""
+"""The most of a family's schedule a process takes at once: at 350/s, 35 slots per statement.
+It takes fewer when fewer of its senders are waiting (at least :data:`RUN_MIN`): slots taken
+and not used are lost to every other process."""
+RUN_MIN = 4
 LATE = 0.02
 """How long after its time a slot may still be used. In any one second the requests of a
 family are then at most its rate × (1 + LATE), plus one."""
@@ -150,6 +153,8 @@ class _Lane:
         self._taken = 0
         self._held_until = 0.0
         self._reserving = False
+        self._waiting = 0
+        """Senders of this process inside :meth:`acquire` now."""
         self._cond = threading.Condition()
         self.unused = 0
         """Slots of this process that passed with nobody asking for them: its senders were
@@ -157,6 +162,20 @@ class _Lane:
 
     def acquire(self, stop: threading.Event) -> float | None:
         """Wait for a slot; the seconds waited, or None when ``stop`` came first."""
+        with self._cond:
+            self._waiting += 1
+        try:
+            return self._acquire(stop)
+        finally:
+            with self._cond:
+                self._waiting -= 1
+
+    @property
+    def waiting(self) -> int:
+        """Senders of this process inside :meth:`acquire` now."""
+        return self._waiting
+
+    def _acquire(self, stop: threading.Event) -> float | None:
         began = _monotonic()
         while True:
             slot = self._next_slot(stop)
@@ -196,12 +215,14 @@ class _Lane:
                     return None
                 continue
             start = None
+            with self._cond:
+                size = min(self._size, max(RUN_MIN, self._waiting))
             try:
-                start = self._schedule.reserve(self._family, self._size * self.interval)
+                start = self._schedule.reserve(self._family, size * self.interval)
             finally:
                 with self._cond:
                     if start is not None:
-                        self._start, self._count, self._taken = start, self._size, 0
+                        self._start, self._count, self._taken = start, size, 0
                     self._reserving = False
                     self._cond.notify_all()
 
@@ -232,6 +253,10 @@ class AccountLimiter:
     def interval(self, family: Family) -> float:
         """Seconds between two slots of ``family``."""
         return self._lanes[family].interval
+
+    def waiting(self, family: Family) -> int:
+        """How many senders of this process wait for a slot of ``family`` now."""
+        return self._lanes[family].waiting
 
     def unused(self, family: Family) -> int:
         """How many of ``family``'s slots this process let pass unasked so far."""

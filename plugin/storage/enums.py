@@ -64,13 +64,16 @@ class Subject(StrEnum):
     BROWSE = "browse"
     REGISTRATION = "registration"
     ORDER = "order"
+    CONTACT = "contact"
+    """A contact's own events (created, updated, signed in, password): ``subject_id`` is the
+    email. Transactional: sent whatever the contact's marketing consent."""
     MARKETING = "marketing"
     """A custom event sent as marketing: never to a contact who opted out."""
 
     @property
     def is_marketing(self) -> bool:
         """Never sent to a contact who withdrew marketing consent."""
-        return self is not Subject.ORDER
+        return self not in (Subject.ORDER, Subject.CONTACT)
 
 
 MARKETING_SUBJECTS = tuple(s for s in Subject if s.is_marketing)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import random
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from shop_events.config import ApiSettings, DatabaseSettings
 from shop_events.delivery import limiter
 from shop_events.delivery.limiter import (
     LATE,
+    RUN_MIN,
+    RUN_SECONDS,
     AccountLimiter,
     Family,
     LocalSchedule,
@@ -29,7 +32,7 @@ from shop_events.storage import rate
 from shop_events.storage.engines import make_engine
 from sqlalchemy import Engine
 
-from tests.support import VirtualTime
+from tests.support import VirtualTime, wait_until
 
 
 @pytest.fixture
@@ -160,6 +163,43 @@ def test_late_callers_never_burst(monkeypatch: pytest.MonkeyPatch, seed: int) ->
     # a slot found too late is dropped: in no second more than the rate and its tolerance
     assert most_in_one_second(passed) <= 100 * (1 + LATE) + 1
     assert passed == sorted(passed)
+
+
+class Recording(LocalSchedule):
+    """A local schedule that notes the span of every run it hands out, and holds the runs
+    back while :attr:`gate` is closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: list[float] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def reserve(self, family: Family, span: float) -> float:
+        self.gate.wait(10)
+        self.spans.append(span)
+        return super().reserve(family, span)
+
+
+def test_a_lone_sender_takes_a_small_run_and_many_take_a_full_one(clock: VirtualTime) -> None:
+    schedule = Recording()
+    limits = AccountLimiter(account(events=350.0), schedule)
+    limits.acquire(Family.EVENTS, clock)
+    assert schedule.spans == [pytest.approx(RUN_MIN / 350.0)]  # slots nobody would use: not taken
+    clock.frozen = True
+    schedule.gate.clear()  # the next run is held back until the senders all wait for it
+    threads = [
+        threading.Thread(target=limits.acquire, args=(Family.EVENTS, clock)) for _ in range(60)
+    ]
+    for thread in threads:
+        thread.start()
+    left = RUN_MIN - 1  # the first run's other slots: taken at once
+    assert wait_until(lambda: limits.waiting(Family.EVENTS) == 60 - left, 10)
+    schedule.gate.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert limits.waiting(Family.EVENTS) == 0
+    assert max(schedule.spans) == pytest.approx(math.ceil(350 * RUN_SECONDS) / 350.0)
 
 
 # --------------------------------------------------------------------- the shared schedule

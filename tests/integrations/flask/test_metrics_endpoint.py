@@ -78,6 +78,7 @@ def test_the_body_is_the_prometheus_text_format_with_every_metric(scraped: Track
         "shop_events_capture_seconds": "histogram",
         "shop_events_sends_in_flight": "gauge",
         "shop_events_send_concurrency": "gauge",
+        "shop_events_send_concurrency_max": "gauge",
         "shop_events_pending_events": "gauge",
         "shop_events_oldest_pending_age_seconds": "gauge",
         "shop_events_delivery_paused": "gauge",

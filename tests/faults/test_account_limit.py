@@ -1,0 +1,85 @@
+"""One rate limit for the whole account: several ``shop-events worker`` processes on one
+PostgreSQL database, measured at the receiver in every one-second window.
+
+``api.rate_limit`` is set low (60/s) so the run is short and the receiver (Flask on werkzeug)
+keeps up. One worker is killed (``kill -9``) while the others send: the limit still holds in
+every second, and every event arrives once its claimed rows' leases run out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from shop_events import Settings, Tracker
+from shop_events.storage.enums import OutboxStatus
+from shop_events.testing import Receiver
+
+from tests.support import (
+    Workers,
+    add_events,
+    base_sections,
+    figures,
+    outbox_rows,
+    status_counts,
+    wait_until,
+    write_config,
+)
+
+RATE = 60.0
+TOLERANCE = 0.05
+EVENTS = 480
+DELIVERY_TIMEOUT = 60.0
+
+
+def most_in_one_second(times: list[datetime]) -> int:
+    """The largest number of ``times`` inside any one-second window."""
+    seconds = sorted(t.timestamp() for t in times)
+    return max(bisect.bisect_left(seconds, s + 1.0) - i for i, s in enumerate(seconds))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("count", [1, 4])
+def test_workers_together_keep_to_the_accounts_rate_even_when_one_is_killed(
+    tmp_path: Path, pg_url: str, receiver: Receiver, workers: Workers, count: int
+) -> None:
+    sections = base_sections(receiver, pg_url)
+    sections["api"].update(rate_limit=RATE, timeout="1s", connect_timeout="1s")
+    sections["delivery"] = {"lease": "5s", "batch_size": 20}
+    config = write_config(tmp_path / "shop.toml", sections)
+    shop = Tracker(Settings.from_file(config, env={}).override(scheduler={"enabled": False}))
+    shop.migrate()
+    add_events(shop, EVENTS)
+
+    running = [workers.start(config, f"worker{i}") for i in range(count + 1)]
+    # the first third goes out with every worker sending, then one of them dies mid-flight
+    receiver.wait_for_arrivals(EVENTS // 3, timeout=DELIVERY_TIMEOUT)
+    running[0].kill()
+    start = time.monotonic()
+    delivered = wait_until(
+        lambda: status_counts(shop.engine)[OutboxStatus.SENT.value] >= EVENTS,
+        DELIVERY_TIMEOUT,
+    )
+    seconds = time.monotonic() - start
+    for worker in running[1:]:
+        worker.terminate()
+    rows = outbox_rows(shop.engine)
+    shop.engine.dispose()
+
+    arrivals = [r.arrived or r.time for r in receiver.requests]
+    most = most_in_one_second(arrivals)
+    result = figures(rows, receiver)
+    result.extra.update(
+        workers=count + 1, killed=1, most_in_one_second=most, seconds_after_kill=round(seconds, 1)
+    )
+    result.show(f"account rate limit, {count + 1} workers, one killed")
+
+    assert delivered, f"statuses {status_counts(shop.engine)}\n{workers.outputs()}"
+    assert result.lost == 0
+    assert most <= RATE * (1 + TOLERANCE) + 1, "the account's rate was crossed"
+    # the killed worker's sends that were on the wire may go again: no more than it had
+    assert result.delivered_twice <= 20
+    assert not [r for r in receiver.requests if r.status == 429]
