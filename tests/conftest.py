@@ -12,7 +12,7 @@ import pytest
 from shop_events import Settings, Tracker
 from shop_events.testing import Receiver
 
-from tests import postgres
+from tests import mysql, postgres
 from tests.support import API_KEY, SettingsFactory, migrate_database
 
 # pytest times setup, call and teardown with the clock functions bound in ``_pytest.timing``;
@@ -51,17 +51,41 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[str]:
+    """A throwaway MariaDB server for the whole run (fails if MariaDB is not installed)."""
+    mysql.require()
+    with mysql.server(in_ram=True) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mysql_template(mysql_server: str) -> str:
+    """A database of the MariaDB server migrated once per run, copied for each test."""
+    return mysql.migrated_template(mysql_server)
+
+
+ENGINES = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+]
 
 
 @pytest.fixture(params=ENGINES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test that stores anything runs on the SQLite default and on PostgreSQL, in a
-    database already at the newest migration (a copy of one migrated once per run)."""
+    """Each test that stores anything runs on the SQLite default, on PostgreSQL and on
+    MariaDB, in a database already at the newest migration (a copy of one migrated once per
+    run)."""
     if request.param == "sqlite":
         path = tmp_path / "shop_events.db"
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
+    if request.param == "mysql":
+        return mysql.new_database(
+            request.getfixturevalue("mysql_server"),
+            template=request.getfixturevalue("mysql_template"),
+        )
     return postgres.new_database(
         request.getfixturevalue("pg_server"), template=request.getfixturevalue("pg_template")
     )
@@ -69,9 +93,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture(params=ENGINES)
 def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database on SQLite and on PostgreSQL, for the tests of the migrations."""
+    """An empty database on SQLite, PostgreSQL and MariaDB, for the tests of the migrations."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shop_events.db'}"
+    if request.param == "mysql":
+        return mysql.new_database(request.getfixturevalue("mysql_server"))
     return postgres.new_database(request.getfixturevalue("pg_server"))
 
 

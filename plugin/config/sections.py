@@ -144,10 +144,12 @@ class DatabaseSettings(Section):
     url: str = "sqlite:///shop_events.db"
     echo: bool = False
     connect_timeout: timedelta = timedelta(seconds=5)
-    """PostgreSQL: how long opening a connection may take (libpq counts whole seconds, >= 2)."""
+    """PostgreSQL and MySQL: how long opening a connection may take (PostgreSQL's libpq counts
+    whole seconds, at least 2)."""
     statement_timeout: timedelta = timedelta(seconds=30)
-    """Longest one statement of the jobs and commands may run (PostgreSQL: also enforced by
-    the server); on SQLite, how long a job waits for the write lock."""
+    """Longest one statement of the jobs and commands may run (PostgreSQL and MariaDB: also
+    enforced by the server; MySQL: for reads, and for row lock waits in whole seconds); on
+    SQLite, how long a job waits for the write lock."""
     capture_timeout: timedelta = timedelta(seconds=2)
     """Longest a capture on the plugin's own engine may hold the host's request: pool checkout,
     connecting and every statement together. It then fails with ``StorageError``."""
@@ -172,12 +174,19 @@ class DatabaseSettings(Section):
         return self
 
     def check(self, path: str) -> None:
-        """Every timeout is longer than zero; a connection may take at least 1s."""
+        """Every timeout is longer than zero; a connection may take at least 1s; a MySQL or
+        MariaDB URL names PyMySQL as its driver, or none (PyMySQL is then used)."""
         for name in ("statement_timeout", "capture_timeout", "write_lock_budget"):
             if getattr(self, name) <= timedelta(0):
                 raise ConfigError(f"{path}{name}: must be longer than 0s")
         if self.connect_timeout < timedelta(seconds=1):
             raise ConfigError(f"{path}connect_timeout: must be at least 1s")
+        backend, _, driver = self.url.split(":", 1)[0].lower().partition("+")
+        if backend in ("mysql", "mariadb") and driver not in ("", "pymysql"):
+            raise ConfigError(
+                f"{path}url: the MySQL driver {driver} is not supported; write"
+                f" {backend}+pymysql://… (pip install 'shop-events[mysql]')"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Table, and_, delete, func, select, update
+from sqlalchemy import Column, ColumnElement, Connection, Table, and_, func, select, update
 
-from .engines import locked_batch
+from .engines import delete_some, update_returning
 from .enums import FINISHED_STATES, FlowState, SkipReason, Subject
 from .tables import browses, carts, registrations
 
@@ -61,14 +61,9 @@ def take_due(
     """
     table, key = _table(subject)
     due = _due(table, now, after)
-    batch = locked_batch(select(key).where(due).order_by(table.c.last_activity_at).limit(limit))
-    return list(
-        conn.execute(
-            update(table)
-            .where(key == batch.c[key.name], due)
-            .values(state=FlowState.ABANDONED.value)
-            .returning(*table.c)
-        ).all()
+    batch = select(key).where(due).order_by(table.c.last_activity_at).limit(limit)
+    return update_returning(
+        conn, table, due, {"state": FlowState.ABANDONED.value}, list(table.c), batch=batch
     )
 
 
@@ -134,14 +129,9 @@ def recent(conn: Connection, subject: Subject, limit: int) -> list[Row]:
 
 def delete_finished_before(conn: Connection, subject: Subject, cutoff: datetime, limit: int) -> int:
     """Delete up to ``limit`` finished rows last active before ``cutoff``; how many."""
-    table, key = _table(subject)
-    batch = (
-        select(key)
-        .where(
-            table.c.last_activity_at < cutoff,
-            table.c.state.in_([s.value for s in FINISHED_STATES]),
-        )
-        .limit(limit)
-        .scalar_subquery()
+    table, _ = _table(subject)
+    finished = and_(
+        table.c.last_activity_at < cutoff,
+        table.c.state.in_([s.value for s in FINISHED_STATES]),
     )
-    return conn.execute(delete(table).where(key.in_(batch))).rowcount
+    return delete_some(conn, table, finished, limit)

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from ..errors import StorageError
 from ..payload.validation import dump_json
-from .engines import upsert
+from .engines import insert_new
 from .enums import OPEN_STATES, FlowState, SkipReason
 from .tables import browses
 
@@ -51,22 +51,17 @@ def record_view(
     for _ in range(MAX_RETRIES):
         row = conn.execute(select(browses).where(browses.c.browse_key == key)).first()
         if row is None:
-            inserted = conn.execute(
-                upsert(conn, browses)
-                .values(
-                    browse_key=key,
-                    email=email,
-                    visitor_id=visitor_id,
-                    items=dump_json([viewed]),
-                    version=1,
-                    state=FlowState.ACTIVE.value,
-                    started_at=now,
-                    last_activity_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=[browses.c.browse_key])
-                .returning(browses.c.browse_key)
-            ).first()
-            if inserted is not None:
+            new = {
+                "browse_key": key,
+                "email": email,
+                "visitor_id": visitor_id,
+                "items": dump_json([viewed]),
+                "version": 1,
+                "state": FlowState.ACTIVE.value,
+                "started_at": now,
+                "last_activity_at": now,
+            }
+            if insert_new(conn, browses, [new], browses.c.browse_key):
                 return
             continue
         values: dict[str, object]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, delete, select, tuple_
+from sqlalchemy import Connection, and_, delete
 
-from .engines import upsert
+from .engines import delete_some, upsert_where
 from .tables import caps
 
 TABLE = caps.name
@@ -20,13 +20,13 @@ def take(conn: Connection, flow: str, contact: str, now: datetime, interval: tim
     """Take the contact's slot for ``flow``; False if it was taken within ``interval``."""
     if interval <= timedelta(0):
         return True
-    insert = upsert(conn, caps).values(flow=flow, contact=contact, last_at=now)
-    taken = insert.on_conflict_do_update(
-        index_elements=[caps.c.flow, caps.c.contact],
-        set_={"last_at": insert.excluded.last_at},
+    return upsert_where(
+        conn,
+        caps,
+        {"flow": flow, "contact": contact, "last_at": now},
+        {"last_at": now},
         where=caps.c.last_at <= now - interval,
-    ).returning(caps.c.contact)
-    return conn.execute(taken).first() is not None
+    )
 
 
 def give_back(conn: Connection, flow: str, contact: str, taken_at: datetime) -> None:
@@ -40,5 +40,4 @@ def give_back(conn: Connection, flow: str, contact: str, taken_at: datetime) -> 
 
 def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
     """Delete up to ``limit`` caps last taken before ``cutoff``; how many."""
-    pairs = select(caps.c.flow, caps.c.contact).where(caps.c.last_at < cutoff).limit(limit)
-    return conn.execute(delete(caps).where(tuple_(caps.c.flow, caps.c.contact).in_(pairs))).rowcount
+    return delete_some(conn, caps, caps.c.last_at < cutoff, limit)

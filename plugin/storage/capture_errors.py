@@ -39,20 +39,21 @@ class CaptureError:
 def record(conn: Connection, errors: Iterable[CaptureError]) -> None:
     """Add each error's ``count`` to its (mapping, field) row, keeping its newest message."""
     for error in errors:
-        insert = upsert(conn, capture_errors).values(
-            mapping=error.mapping[:32],
-            field=error.field[:100],
-            failures=error.count,
-            first_at=error.first_at,
-            last_at=error.last_at,
-            last_subject=None if error.last_subject is None else error.last_subject[:300],
-            last_error=error.last_error[:MESSAGE_MAX],
-        )
-        new = insert.excluded
+        values = {
+            "mapping": error.mapping[:32],
+            "field": error.field[:100],
+            "failures": error.count,
+            "first_at": error.first_at,
+            "last_at": error.last_at,
+            "last_subject": None if error.last_subject is None else error.last_subject[:300],
+            "last_error": error.last_error[:MESSAGE_MAX],
+        }
         conn.execute(
-            insert.on_conflict_do_update(
-                index_elements=[capture_errors.c.mapping, capture_errors.c.field],
-                set_={
+            upsert(
+                conn,
+                capture_errors,
+                values,
+                update=lambda new: {
                     "failures": capture_errors.c.failures + new.failures,
                     "last_at": new.last_at,
                     "last_subject": new.last_subject,

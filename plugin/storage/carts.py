@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -26,8 +27,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from .engines import upsert
 from .enums import OPEN_STATES, FlowState, SkipReason
 from .tables import UTCDateTime, carts
 
@@ -113,18 +114,18 @@ def convert(conn: Connection, email: str, cart_id: str | None = None) -> None:
 
 def give_email(conn: Connection, visitor_id: str, email: str) -> None:
     """The visitor's anonymous carts get the contact; one suppressed for lack of it re-arms."""
-    reachable = (carts.c.state == FlowState.SUPPRESSED.value) & (
-        carts.c.skip_reason == SkipReason.NO_CONTACT.value
-    )
+    anonymous = (carts.c.visitor_id == visitor_id) & carts.c.email.is_(None)
+    # two statements: MySQL would read the state the first assignment set, not the stored one
     conn.execute(
         update(carts)
-        .where(carts.c.visitor_id == visitor_id, carts.c.email.is_(None))
-        .values(
-            email=email,
-            state=case((reachable, FlowState.ACTIVE.value), else_=carts.c.state),
-            skip_reason=case((reachable, None), else_=carts.c.skip_reason),
+        .where(
+            anonymous,
+            carts.c.state == FlowState.SUPPRESSED.value,
+            carts.c.skip_reason == SkipReason.NO_CONTACT.value,
         )
+        .values(state=FlowState.ACTIVE.value, skip_reason=None)
     )
+    conn.execute(update(carts).where(anonymous).values(email=email))
 
 
 def carted_since(
@@ -150,45 +151,48 @@ def _upsert(dialect: str) -> Executable:
     the activity, so a shopper who looks at an abandoned cart does not re-arm it. A cart
     suppressed because its last state was refused is re-armed by any valid state.
     """
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(carts)
     now = bindparam("now", type_=UTCDateTime)
     # constants are written into the SQL, so each call binds only the cart's own values
     active: ColumnElement[str] = literal_column(f"'{FlowState.ACTIVE.value}'")
-    stmt = insert.values(
-        {
-            **{name: bindparam(name) for name in _PARAMS},
-            "version": literal_column("1"),
-            "state": active,
-            "skip_reason": null(),
-            "last_activity_at": now,
-            "created_at": now,
-        }
-    )
-    new = stmt.excluded
-    changed = carts.c.content_hash != new.content_hash
     no_contact: ColumnElement[str] = literal_column(f"'{SkipReason.NO_CONTACT.value}'")
-    newly_reachable = (carts.c.skip_reason == no_contact) & new.email.is_not(None)
     invalid: ColumnElement[str] = literal_column(f"'{SkipReason.INVALID.value}'")
-    valid_again = carts.c.skip_reason == invalid
-    rearm = or_(changed, carts.c.state == active, newly_reachable, valid_again)
-    upserted: Executable = stmt.on_conflict_do_update(
-        index_elements=[carts.c.cart_id],
-        set_={
-            "email": func.coalesce(new.email, carts.c.email),
-            "visitor_id": func.coalesce(new.visitor_id, carts.c.visitor_id),
-            "items": new["items"],
-            "currency": new.currency,
-            "restore_url": func.coalesce(new.restore_url, carts.c.restore_url),
-            "content_hash": new.content_hash,
-            "version": case(
-                (changed, carts.c.version + literal_column("1")),
-                else_=carts.c.version,
+
+    def assignments(new: Any) -> list[tuple[str, Any]]:
+        # in this order: on MySQL each assignment sees those before it, so what the version,
+        # the state and the skip reason read (the hash, the state, the reason) is set after
+        changed = carts.c.content_hash != new.content_hash
+        newly_reachable = (carts.c.skip_reason == no_contact) & new.email.is_not(None)
+        valid_again = carts.c.skip_reason == invalid
+        # an active cart has no skip reason, so the state's own test is left out of the reason's
+        rearm_reason = or_(changed, newly_reachable, valid_again)
+        return [
+            (
+                "version",
+                case((changed, carts.c.version + literal_column("1")), else_=carts.c.version),
             ),
-            "state": case((rearm, active), else_=carts.c.state),
-            "skip_reason": case((rearm, null()), else_=carts.c.skip_reason),
-            "last_activity_at": new.last_activity_at,
-        },
-    )
+            (
+                "state",
+                case((or_(rearm_reason, carts.c.state == active), active), else_=carts.c.state),
+            ),
+            ("skip_reason", case((rearm_reason, null()), else_=carts.c.skip_reason)),
+            ("email", func.coalesce(new.email, carts.c.email)),
+            ("visitor_id", func.coalesce(new.visitor_id, carts.c.visitor_id)),
+            ("items", new["items"]),
+            ("currency", new.currency),
+            ("restore_url", func.coalesce(new.restore_url, carts.c.restore_url)),
+            ("content_hash", new.content_hash),
+            ("last_activity_at", new.last_activity_at),
+        ]
+
+    values = {
+        **{name: bindparam(name) for name in _PARAMS},
+        "version": literal_column("1"),
+        "state": active,
+        "skip_reason": null(),
+        "last_activity_at": now,
+        "created_at": now,
+    }
+    upserted: Executable = upsert(dialect, carts, values, update=assignments)
     return upserted
 
 

@@ -13,13 +13,8 @@ from .tables import consent
 
 def record(conn: Connection, email: str, opted_out: bool, now: datetime) -> None:
     """The contact's latest choice."""
-    stmt = upsert(conn, consent).values(email=email, opted_out=opted_out, updated_at=now)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[consent.c.email],
-            set_={"opted_out": opted_out, "updated_at": now},
-        )
-    )
+    values = {"email": email, "opted_out": opted_out, "updated_at": now}
+    conn.execute(upsert(conn, consent, values, update={"opted_out": opted_out, "updated_at": now}))
 
 
 def opted_out(conn: Connection, emails: Iterable[str]) -> set[str]:

@@ -48,22 +48,23 @@ def keep(
     now: datetime,
 ) -> None:
     """Keep the capture of ``subject_key`` (or count one more failed attempt of it)."""
-    insert = upsert(conn, kept_captures).values(
-        model=model[:100],
-        subject_key=subject_key[:300],
-        mapping=mapping[:32],
-        subject=subject[:300],
-        attempts=1,
-        last_field=field[:100],
-        last_error=error[:MESSAGE_MAX],
-        first_at=now,
-        last_at=now,
-    )
-    new = insert.excluded
+    values = {
+        "model": model[:100],
+        "subject_key": subject_key[:300],
+        "mapping": mapping[:32],
+        "subject": subject[:300],
+        "attempts": 1,
+        "last_field": field[:100],
+        "last_error": error[:MESSAGE_MAX],
+        "first_at": now,
+        "last_at": now,
+    }
     conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=[kept_captures.c.model, kept_captures.c.subject_key],
-            set_={
+        upsert(
+            conn,
+            kept_captures,
+            values,
+            update=lambda new: {
                 "attempts": kept_captures.c.attempts + 1,
                 "subject": new.subject,
                 "last_field": new.last_field,

@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from .engines import unbounded
+from .engines import server_unbounded, unbounded
 
 TABLE_PREFIX = "shop_events_"
 """Every table of the plugin, its version table included, is named with this prefix."""
@@ -38,9 +38,8 @@ def alembic_config(engine: Engine | None = None) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the plugin's tables to ``revision`` (default: the newest)."""
     config = alembic_config()
-    with unbounded(), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # rebuilding a large table may take long
-            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+    # rebuilding a large table may take long
+    with unbounded(), engine.begin() as conn, server_unbounded(conn):
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 

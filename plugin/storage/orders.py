@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, select, update
 
-from .engines import upsert
+from .engines import delete_some, upsert
 from .tables import orders
 
 TABLE = orders.name
@@ -18,21 +18,23 @@ def store(
     conn: Connection, order_id: str, email: str, status: str, payload: str, now: datetime
 ) -> None:
     """Remember a placed order (placing it again replaces what was stored)."""
-    stmt = upsert(conn, orders).values(
-        order_id=order_id,
-        email=email,
-        status=status,
-        payload=payload,
-        created_at=now,
-        updated_at=now,
-    )
+    values = {
+        "order_id": order_id,
+        "email": email,
+        "status": status,
+        "payload": payload,
+        "created_at": now,
+        "updated_at": now,
+    }
     conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[orders.c.order_id],
-            set_={
+        upsert(
+            conn,
+            orders,
+            values,
+            update=lambda new: {
                 "email": email,
                 "status": status,
-                "payload": stmt.excluded.payload,
+                "payload": new.payload,
                 "updated_at": now,
             },
         )
@@ -63,7 +65,4 @@ def statuses(conn: Connection, order_ids: Iterable[str]) -> dict[str, str]:
 
 def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
     """Delete up to ``limit`` orders last changed before ``cutoff``; how many."""
-    batch = select(orders.c.order_id).where(orders.c.updated_at < cutoff).limit(limit)
-    return conn.execute(
-        delete(orders).where(orders.c.order_id.in_(batch.scalar_subquery()))
-    ).rowcount
+    return delete_some(conn, orders, orders.c.updated_at < cutoff, limit)

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, func, select, update
+from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select, update
 
 from .. import metrics
-from .engines import locked_batch, upsert
+from .engines import delete_some, insert_new, is_mysql, update_returning
 from .enums import MARKETING_SUBJECTS, OutboxStatus
 from .tables import outbox
 
@@ -73,13 +73,8 @@ def enqueue(conn: Connection, events: Sequence[NewEvent], now: datetime) -> int:
         }
         for e in events
     ]
-    stmt = (
-        upsert(conn, outbox)
-        .on_conflict_do_nothing(index_elements=[outbox.c.dedupe_key])
-        .returning(outbox.c.id, outbox.c.event_type_key)
-    )
-    inserted = conn.execute(stmt, rows).all()
-    metrics.enqueued(row.event_type_key for row in inserted)
+    inserted = insert_new(conn, outbox, rows, outbox.c.dedupe_key)
+    metrics.enqueued(row["event_type_key"] for row in inserted)
     return len(inserted)
 
 
@@ -111,6 +106,10 @@ def database_now(conn: Connection) -> datetime:
     if conn.dialect.name == "sqlite":
         text = conn.execute(select(func.strftime("%Y-%m-%d %H:%M:%f", "now"))).scalar_one()
         return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    if is_mysql(conn):  # UTC whatever the session's time zone; a statement of its own: now
+        value = conn.execute(select(func.utc_timestamp(6))).scalar_one()
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
     value = conn.execute(select(func.current_timestamp())).scalar_one()
     assert isinstance(value, datetime)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -128,7 +127,11 @@ def claim(conn: Connection, now: datetime, lease: timedelta, limit: int) -> list
     expired = and_(
         outbox.c.status == OutboxStatus.IN_FLIGHT.value, outbox.c.lease_expires_at <= held_until
     )
-    pending = and_(outbox.c.status == OutboxStatus.PENDING.value, outbox.c.next_attempt_at <= now)
+    pending = and_(
+        outbox.c.status == OutboxStatus.PENDING.value,
+        outbox.c.next_attempt_at <= now,
+        _first_of_its_subject(),
+    )
     expiry = held_until + lease
     claimed = _claim_where(conn, expired, outbox.c.lease_expires_at, expiry, limit)
     if len(claimed) < limit:
@@ -138,9 +141,28 @@ def claim(conn: Connection, now: datetime, lease: timedelta, limit: int) -> list
     return claimed
 
 
+def _first_of_its_subject() -> ColumnElement[bool]:
+    """The row has no subject, or no earlier row of its subject for the same endpoint waits to be
+    sent: the events of one order or contact go out in the order they were queued, one at a
+    time, and one waiting for its retry holds the later ones back (other subjects are not held;
+    an order's Generate events and its Orders API rows are two sequences)."""
+    earlier = outbox.alias("earlier")
+    return or_(
+        outbox.c.subject_id.is_(None),
+        ~exists().where(
+            earlier.c.subject_type == outbox.c.subject_type,
+            earlier.c.subject_id == outbox.c.subject_id,
+            earlier.c.api_path == outbox.c.api_path,
+            earlier.c.id < outbox.c.id,
+            earlier.c.status.in_([OutboxStatus.PENDING.value, OutboxStatus.IN_FLIGHT.value]),
+        ),
+    )
+
+
 def renew(conn: Connection, claimed: Claimed, lease: timedelta) -> datetime | None:
     """Extend this worker's lease to ``lease`` from the database's current time, right before
     a send; the new expiry, or None if another worker took the row over meanwhile."""
+    expiry = database_now(conn) + lease
     stmt = (
         update(outbox)
         .where(
@@ -148,11 +170,9 @@ def renew(conn: Connection, claimed: Claimed, lease: timedelta) -> datetime | No
             outbox.c.lease_token == claimed.token,
             outbox.c.status == OutboxStatus.IN_FLIGHT.value,
         )
-        .values(lease_expires_at=database_now(conn) + lease)
-        .returning(outbox.c.lease_expires_at)
+        .values(lease_expires_at=expiry)
     )
-    expiry: datetime | None = conn.execute(stmt).scalar_one_or_none()
-    return expiry
+    return expiry if conn.execute(stmt).rowcount == 1 else None
 
 
 def _claim_where(
@@ -163,17 +183,15 @@ def _claim_where(
     limit: int,
 ) -> list[Claimed]:
     token = str(uuid.uuid4())
-    candidates = locked_batch(
-        select(outbox.c.id).where(condition).order_by(order, outbox.c.id).limit(limit)
-    )
-    stmt = (
-        update(outbox)
-        .where(outbox.c.id == candidates.c.id, condition)
-        .values(status=OutboxStatus.IN_FLIGHT.value, lease_token=token, lease_expires_at=expiry)
-        .returning(*_CLAIMED_COLUMNS)
-    )
+    candidates = select(outbox.c.id).where(condition).order_by(order, outbox.c.id).limit(limit)
+    lease = {
+        "status": OutboxStatus.IN_FLIGHT.value,
+        "lease_token": token,
+        "lease_expires_at": expiry,
+    }
+    claimed = update_returning(conn, outbox, condition, lease, _CLAIMED_COLUMNS, batch=candidates)
     # RETURNING follows no order on PostgreSQL: sent oldest first, as claimed
-    rows = sorted(conn.execute(stmt), key=lambda r: r.id)
+    rows = sorted(claimed, key=lambda r: r.id)
     return [
         Claimed(
             id=r.id,
@@ -229,16 +247,17 @@ def supersede_marketing(conn: Connection, key_value: str) -> list[tuple[str, dat
     """Supersede the contact's queued marketing events (they opted out); returns each one's
     ``(event_type_key, created_at)``, so the caller can give back what they had taken.
     """
-    rows = conn.execute(
-        update(outbox)
-        .where(
+    rows = update_returning(
+        conn,
+        outbox,
+        and_(
             outbox.c.key_value == key_value,
             outbox.c.status == OutboxStatus.PENDING.value,
             outbox.c.subject_type.in_([s.value for s in MARKETING_SUBJECTS]),
-        )
-        .values(status=OutboxStatus.SUPERSEDED.value, last_error="the contact opted out")
-        .returning(outbox.c.event_type_key, outbox.c.created_at)
-    ).all()
+        ),
+        {"status": OutboxStatus.SUPERSEDED.value, "last_error": "the contact opted out"},
+        (outbox.c.event_type_key, outbox.c.created_at),
+    )
     return [(row.event_type_key, row.created_at) for row in rows]
 
 
@@ -273,12 +292,8 @@ def delete_before(
     conn: Connection, cutoff: datetime, statuses: Sequence[OutboxStatus], limit: int
 ) -> int:
     """Delete up to ``limit`` rows in ``statuses`` created before ``cutoff``; how many."""
-    batch = (
-        select(outbox.c.id)
-        .where(outbox.c.created_at < cutoff, outbox.c.status.in_([s.value for s in statuses]))
-        .limit(limit)
-    )
-    return conn.execute(delete(outbox).where(outbox.c.id.in_(batch.scalar_subquery()))).rowcount
+    old = and_(outbox.c.created_at < cutoff, outbox.c.status.in_([s.value for s in statuses]))
+    return delete_some(conn, outbox, old, limit)
 
 
 @dataclasses.dataclass(frozen=True)

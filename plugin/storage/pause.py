@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select, text, update
 
-from .engines import upsert
+from .engines import is_mysql, upsert
 from .tables import runtime_state
 
 PAUSE = "delivery_paused"
@@ -54,24 +54,38 @@ def current(conn: Connection) -> Pause | None:
 
 PAUSE_LOCK_ID = 0x5E0E0401
 """The PostgreSQL advisory lock that orders concurrent decisions to pause delivery."""
+PAUSE_LOCK_ROW = "delivery_decisions"
+"""On MySQL, the row whose lock orders them instead: ``GET_LOCK`` outlives the transaction."""
+
+
+def _decide_alone(conn: Connection, now: datetime) -> None:
+    """Wait for any other transaction deciding to pause (or to open the circuit), and keep
+    others waiting until this one ends: on PostgreSQL two transactions would otherwise both see
+    no pause before either commits (an advisory lock, released at commit); on MySQL an upsert
+    of one row locks it to the end of the transaction; SQLite's ``BEGIN IMMEDIATE`` already
+    serialises them."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PAUSE_LOCK_ID})
+    elif is_mysql(conn):
+        values = {"name": PAUSE_LOCK_ROW, "value": None, "until": None, "updated_at": now}
+        conn.execute(upsert(conn, runtime_state, values, update={"updated_at": now}))
 
 
 def pause(conn: Connection, reason: str, now: datetime, until: datetime) -> bool:
     """Pause delivery; True if it was not already paused (so the caller logs once per pause).
 
-    Concurrent 401s in several threads and processes are decided one at a time, so only the
-    first sees no pause: on PostgreSQL two transactions would otherwise both see none before
-    either commits (an advisory lock, released at commit); SQLite's ``BEGIN IMMEDIATE``
-    already serialises them.
+    Concurrent 401s in several threads and processes are decided one at a time
+    (:func:`_decide_alone`), so only the first sees no pause.
     """
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PAUSE_LOCK_ID})
+    _decide_alone(conn, now)
     before = current(conn)
-    stmt = upsert(conn, runtime_state).values(name=PAUSE, value=reason, until=until, updated_at=now)
+    values = {"name": PAUSE, "value": reason, "until": until, "updated_at": now}
     conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[runtime_state.c.name],
-            set_={"value": reason, "until": until, "updated_at": now},
+        upsert(
+            conn,
+            runtime_state,
+            values,
+            update={"value": reason, "until": until, "updated_at": now},
         )
     )
     return before is None or not before.active(now)
@@ -115,14 +129,11 @@ def circuit(conn: Connection) -> Circuit | None:
 def open_circuit(conn: Connection, reason: str, now: datetime, until: datetime) -> bool:
     """Open the circuit until the first probe; True if it was not open yet (the caller logs
     once). An open circuit is left as it is: its opening time and probe schedule stand."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PAUSE_LOCK_ID})
+    _decide_alone(conn, now)
     if circuit(conn) is not None:
         return False
-    stmt = upsert(conn, runtime_state).values(
-        name=CIRCUIT, value=reason, until=until, updated_at=now
-    )
-    conn.execute(stmt.on_conflict_do_nothing(index_elements=[runtime_state.c.name]))
+    values = {"name": CIRCUIT, "value": reason, "until": until, "updated_at": now}
+    conn.execute(upsert(conn, runtime_state, values))
     return True
 
 

@@ -17,27 +17,29 @@ from .tables import registrations
 
 def start(conn: Connection, email: str, params: str, now: datetime) -> None:
     """A sign-up began (or began again): active, a new version if the last one had ended."""
-    stmt = upsert(conn, registrations).values(
-        email=email,
-        params=params,
-        version=1,
-        state=FlowState.ACTIVE.value,
-        skip_reason=None,
-        last_activity_at=now,
-    )
     active = registrations.c.state == FlowState.ACTIVE.value
     conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[registrations.c.email],
-            set_={
-                "params": stmt.excluded.params,
-                "version": case(
-                    (active, registrations.c.version), else_=registrations.c.version + 1
-                ),
+        upsert(
+            conn,
+            registrations,
+            {
+                "email": email,
+                "params": params,
+                "version": 1,
                 "state": FlowState.ACTIVE.value,
                 "skip_reason": None,
                 "last_activity_at": now,
             },
+            update=[  # the version reads the state: set before it
+                ("params", params),
+                (
+                    "version",
+                    case((active, registrations.c.version), else_=registrations.c.version + 1),
+                ),
+                ("state", FlowState.ACTIVE.value),
+                ("skip_reason", None),
+                ("last_activity_at", now),
+            ],
         )
     )
 

@@ -3,6 +3,11 @@
 Each index serves one query: ``ix_shop_events_carts_due`` the abandonment scan,
 ``ix_shop_events_outbox_due`` and ``ix_shop_events_outbox_lease`` the dispatcher's claim,
 ``ix_shop_events_outbox_subject`` superseding a cart's queued events.
+
+On MySQL and MariaDB every table is ``utf8mb4`` with the binary collation whatever the
+database's defaults, so keys compare as on the other engines (case and accents count); times
+keep microseconds (``DATETIME(6)``) and long text may exceed 64 kB (``MEDIUMTEXT``). Every key
+fits InnoDB's 3072-byte index limit at four bytes a character.
 """
 
 from __future__ import annotations
@@ -24,6 +29,18 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
 )
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeEngine
+
+MYSQL_DIALECTS = ("mysql", "mariadb")
+LongText = Text().with_variant(mysql.MEDIUMTEXT(), *MYSQL_DIALECTS)
+"""``TEXT``, or on MySQL ``MEDIUMTEXT`` (a MySQL ``TEXT`` holds at most 64 kB)."""
+MYSQL_TABLE: dict[str, Any] = {
+    f"{dialect}_{option}": value
+    for dialect in MYSQL_DIALECTS
+    for option, value in (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
+}
+"""Options of every table on MySQL and MariaDB (their dialects read their own prefix)."""
 
 metadata = MetaData(
     naming_convention={
@@ -39,6 +56,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     impl = DateTime(timezone=False)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in MYSQL_DIALECTS:  # MySQL's DATETIME drops the fraction of a second
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return super().load_dialect_impl(dialect)
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -60,7 +82,7 @@ carts = Table(
     Column("cart_id", String(255), primary_key=True),
     Column("email", String(254), nullable=True),
     Column("visitor_id", String(255), nullable=True),
-    Column("items", Text, nullable=False),
+    Column("items", LongText, nullable=False),
     Column("currency", String(3), nullable=True),
     Column("restore_url", String(2048), nullable=True),
     Column("content_hash", String(64), nullable=False),
@@ -72,6 +94,7 @@ carts = Table(
     Index("ix_shop_events_carts_due", "state", "last_activity_at"),
     Index("ix_shop_events_carts_email", "email"),
     Index("ix_shop_events_carts_visitor", "visitor_id"),
+    **MYSQL_TABLE,
 )
 
 browses = Table(
@@ -80,7 +103,7 @@ browses = Table(
     Column("browse_key", String(300), primary_key=True),
     Column("email", String(254), nullable=True),
     Column("visitor_id", String(255), nullable=True),
-    Column("items", Text, nullable=False),
+    Column("items", LongText, nullable=False),
     Column("version", Integer, nullable=False),
     Column("state", String(16), nullable=False),
     Column("skip_reason", String(32), nullable=True),
@@ -88,6 +111,7 @@ browses = Table(
     Column("last_activity_at", UTCDateTime, nullable=False),
     Index("ix_shop_events_browses_due", "state", "last_activity_at"),
     Index("ix_shop_events_browses_email", "email"),
+    **MYSQL_TABLE,
 )
 """Products a shopper viewed; keyed ``e:<email>`` or ``v:<visitor id>`` until identified."""
 
@@ -95,12 +119,13 @@ registrations = Table(
     "shop_events_registrations",
     metadata,
     Column("email", String(254), primary_key=True),
-    Column("params", Text, nullable=False),
+    Column("params", LongText, nullable=False),
     Column("version", Integer, nullable=False),
     Column("state", String(16), nullable=False),
     Column("skip_reason", String(32), nullable=True),
     Column("last_activity_at", UTCDateTime, nullable=False),
     Index("ix_shop_events_registrations_due", "state", "last_activity_at"),
+    **MYSQL_TABLE,
 )
 
 orders = Table(
@@ -109,10 +134,11 @@ orders = Table(
     Column("order_id", String(255), primary_key=True),
     Column("email", String(254), nullable=False),
     Column("status", String(64), nullable=False),
-    Column("payload", Text, nullable=False),
+    Column("payload", LongText, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_shop_events_orders_updated", "updated_at"),
+    **MYSQL_TABLE,
 )
 """Orders seen, so a later status change knows its contact and products."""
 
@@ -122,6 +148,7 @@ visitors = Table(
     Column("visitor_id", String(255), primary_key=True),
     Column("email", String(254), nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE,
 )
 """Which contact an anonymous visitor id turned out to be (``identify``)."""
 
@@ -131,6 +158,7 @@ consent = Table(
     Column("email", String(254), primary_key=True),
     Column("opted_out", Boolean, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE,
 )
 
 outbox = Table(
@@ -141,7 +169,7 @@ outbox = Table(
     Column("event_type_key", String(100), nullable=False),
     Column("key_value", String(300), nullable=False),
     Column("api_path", String(64), nullable=False),
-    Column("body", Text, nullable=False),
+    Column("body", LongText, nullable=False),
     Column("subject_type", String(32), nullable=True),
     Column("subject_id", String(300), nullable=True),
     Column("subject_version", Integer, nullable=True),
@@ -150,7 +178,7 @@ outbox = Table(
     Column("next_attempt_at", UTCDateTime, nullable=False),
     Column("lease_token", String(36), nullable=True),
     Column("lease_expires_at", UTCDateTime, nullable=True),
-    Column("last_error", Text, nullable=True),
+    Column("last_error", LongText, nullable=True),
     Column("response_status", Integer, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime, nullable=True),
@@ -158,6 +186,7 @@ outbox = Table(
     Index("ix_shop_events_outbox_lease", "status", "lease_expires_at"),
     Index("ix_shop_events_outbox_subject", "subject_type", "subject_id"),
     Index("ix_shop_events_outbox_created", "status", "created_at"),
+    **MYSQL_TABLE,
 )
 
 caps = Table(
@@ -166,6 +195,7 @@ caps = Table(
     Column("flow", String(100), primary_key=True),
     Column("contact", String(300), primary_key=True),
     Column("last_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE,
 )
 """When each contact was last sent each marketing flow: the frequency cap's memory."""
 
@@ -173,9 +203,10 @@ runtime_state = Table(
     "shop_events_state",
     metadata,
     Column("name", String(64), primary_key=True),
-    Column("value", Text, nullable=True),
+    Column("value", LongText, nullable=True),
     Column("until", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE,
 )
 """Shared flags of all processes, e.g. ``delivery_paused`` after a 401."""
 
@@ -183,7 +214,12 @@ rate_schedule = Table(
     "shop_events_rate_schedule",
     metadata,
     Column("family", String(32), primary_key=True),
-    Column("next_at", Float(precision=53), nullable=False),
+    Column(
+        "next_at",
+        Float(precision=53).with_variant(mysql.DOUBLE(asdecimal=False), *MYSQL_DIALECTS),
+        nullable=False,
+    ),
+    **MYSQL_TABLE,
 )
 """Per endpoint family, the first instant (seconds since the epoch, on the database's clock)
 not yet handed to any sender: the account's rate limit, shared by every process and host."""
@@ -197,8 +233,9 @@ capture_errors = Table(
     Column("first_at", UTCDateTime, nullable=False),
     Column("last_at", UTCDateTime, nullable=False),
     Column("last_subject", String(300), nullable=True),
-    Column("last_error", Text, nullable=False),
+    Column("last_error", LongText, nullable=False),
     Index("ix_shop_events_capture_errors_last", "last_at"),
+    **MYSQL_TABLE,
 )
 """Captures that failed, counted per mapping (``cart``, ``order``, ``customer``) and field
 (``item``, ``total``, ``items[].price`` …), with the newest message of each."""
@@ -212,9 +249,10 @@ kept_captures = Table(
     Column("subject", String(300), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("last_field", String(100), nullable=False),
-    Column("last_error", Text, nullable=False),
+    Column("last_error", LongText, nullable=False),
     Column("first_at", UTCDateTime, nullable=False),
     Column("last_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE,
 )
 """Captures that could not complete (an order whose total could not be read yet …), kept to
 be tried again at the next commit that touches them; keyed by the model's table and the row's

@@ -12,12 +12,8 @@ from .tables import visitors
 
 def remember(conn: Connection, visitor_id: str, email: str, now: datetime) -> None:
     """The visitor is this contact (the latest identification wins)."""
-    stmt = upsert(conn, visitors).values(visitor_id=visitor_id, email=email, updated_at=now)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[visitors.c.visitor_id], set_={"email": email, "updated_at": now}
-        )
-    )
+    values = {"visitor_id": visitor_id, "email": email, "updated_at": now}
+    conn.execute(upsert(conn, visitors, values, update={"email": email, "updated_at": now}))
 
 
 def known_email(conn: Connection, visitor_id: str) -> str | None:

@@ -76,8 +76,8 @@ def test_a_cart_touched_during_the_scan_is_not_abandoned(
 ) -> None:
     """The shopper comes back after the scan started, on another connection, just before the
     scan's first write: on SQLite its ``BEGIN IMMEDIATE`` (the one write lock), on PostgreSQL
-    its ``UPDATE`` of the carts. The scan must judge the cart by what is stored then, not by
-    what it saw when it started."""
+    and MySQL the statement that locks the due carts (``… FOR UPDATE``). The scan must judge the
+    cart by what is stored then, not by what it saw when it started."""
     settings = make_settings(abandoned_cart={"contact_interval": "0s"})
     old = Tracker(settings, clock=lambda: NOW - timedelta(hours=2))
     old.migrate()
@@ -89,8 +89,8 @@ def test_a_cart_touched_during_the_scan_is_not_abandoned(
     touched: list[str] = []
 
     def touch_before_the_first_write(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        first_write = (
-            statement.startswith("BEGIN IMMEDIATE") or f"UPDATE {carts.name} SET" in statement
+        first_write = statement.startswith("BEGIN IMMEDIATE") or (
+            carts.name in statement and "FOR UPDATE" in statement
         )
         if first_write and not touched:
             shopper.cart_updated(

@@ -11,15 +11,18 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from shop_events import Item, Settings, StorageError, Tracker
 from shop_events.config import DatabaseSettings
+from shop_events.errors import ConfigError
 from shop_events.storage import engines
 from shop_events.storage.engines import WriteBatches, jobs_lock_path, make_engine, paced
+from sqlalchemy.exc import OperationalError
 
-from tests import postgres
+from tests import mysql, postgres
 from tests.support import Workers, wait_until, write_config
 
 CAPTURE_TIMEOUT = 0.5
@@ -243,3 +246,142 @@ def test_a_worker_stops_on_sigterm_while_postgresql_is_frozen(
         assert "stopped" in worker.output()
     finally:
         workers.close()
+
+
+# -- MySQL and MariaDB ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "dialect"),
+    [
+        ("mysql://shop@db.example/shop", "mysql"),
+        ("mysql+pymysql://shop@db.example/shop", "mysql"),
+        ("mariadb+pymysql://shop@db.example/shop", "mariadb"),
+    ],
+)
+def test_a_mysql_url_is_driven_by_pymysql(url: str, dialect: str) -> None:
+    """A shop's own URL without a driver (``mysql://``, as mysqlclient users write it) works
+    as it is: the plugin's engine uses PyMySQL, whose waits it bounds."""
+    engine = make_engine(DatabaseSettings(url=url))
+    assert (engine.dialect.name, engine.dialect.driver) == (dialect, "pymysql")
+
+
+def test_a_mysql_url_naming_another_driver_is_refused_with_what_to_write() -> None:
+    with pytest.raises(ConfigError, match=r"database\.url: the MySQL driver mysqldb is not"):
+        make_engine(DatabaseSettings(url="mysql+mysqldb://shop@db.example/shop"))
+
+
+@pytest.mark.mysql
+def test_a_mariadb_session_is_utc_read_committed_strict_4_byte_and_bounded(
+    mysql_server: str,
+) -> None:
+    """Whatever the server's defaults (this one keeps latin1 and REPEATABLE READ)."""
+    settings = DatabaseSettings(url=mysql_server, statement_timeout=timedelta(seconds=7))
+    engine = make_engine(settings)
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql(
+            "SELECT @@time_zone, @@tx_isolation, @@innodb_lock_wait_timeout,"
+            " @@max_statement_time, @@sql_mode, @@character_set_connection"
+        ).one()
+    engine.dispose()
+    zone, isolation, lock_wait, statement, mode, charset = row
+    assert (zone, isolation, lock_wait, statement) == ("+00:00", "READ-COMMITTED", 7, 7.0)
+    assert "STRICT_TRANS_TABLES" in mode.split(",")
+    assert charset == "utf8mb4"
+
+
+@pytest.mark.mysql
+def test_a_long_statement_on_mariadb_is_cut_by_the_server(mysql_server: str) -> None:
+    engine = make_engine(DatabaseSettings(url=mysql_server, statement_timeout=timedelta(seconds=1)))
+    with engine.connect() as conn, pytest.raises(OperationalError, match="max_statement_time"):
+        conn.exec_driver_sql("SELECT SLEEP(5)")
+    engine.dispose()
+
+
+@pytest.fixture
+def own_mariadb() -> Iterator[str]:
+    """A server of its own (freezing the shared one would stall the rest of the run)."""
+    mysql.require()
+    with mysql.server(in_ram=True) as url:
+        yield url
+
+
+@contextmanager
+def frozen_process(pid: int) -> Iterator[list[int]]:
+    """The process stopped with SIGSTOP (its connections stay open, nothing answers); SIGCONT
+    on the way out, whatever happens."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield [pid]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+def test_a_capture_on_a_frozen_mariadb_fails_within_capture_timeout(own_mariadb: str) -> None:
+    url = mysql.new_database(own_mariadb)
+    settings = Settings.load(env={}).with_keys(
+        {
+            "SHOP_EVENTS_DATABASE_URL": url,
+            "SHOP_EVENTS_DATABASE_CAPTURE_TIMEOUT": f"{CAPTURE_TIMEOUT}s",
+        }
+    )
+    tracker = Tracker(settings)
+    tracker.migrate()
+    tracker.cart_updated("warm", email="ann@example.com", items=[Item(name="A", price=1)])
+    with frozen_process(mysql.server_pid(own_mariadb)):
+        # a connection in the pool (pinged, then dead) and, the second time, a new one
+        first, first_outcome = capture_in_thread(tracker, "frozen-1")
+        first.join(CAPTURE_TIMEOUT + SLACK)
+        second, second_outcome = capture_in_thread(tracker, "frozen-2")
+        second.join(CAPTURE_TIMEOUT + SLACK)
+        returned = (not first.is_alive(), not second.is_alive())
+    first.join(60)
+    second.join(60)
+    print(f"captures on a frozen database: {first_outcome}, {second_outcome}")
+    assert returned == (True, True), "a capture was still waiting on the frozen database"
+    for outcome in (first_outcome, second_outcome):
+        assert isinstance(outcome["error"], StorageError)
+    # thawed: the pool recovers, captures work again
+    tracker.cart_updated("thawed", email="ann@example.com", items=[Item(name="A", price=1)])
+    tracker.engine.dispose()
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+def test_a_worker_stops_on_sigterm_while_mariadb_is_frozen(
+    own_mariadb: str, tmp_path: Path
+) -> None:
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to see the worker's query wait at the frozen server")
+    url = mysql.new_database(own_mariadb)
+    Tracker(Settings.load(env={}).with_keys({"SHOP_EVENTS_DATABASE_URL": url})).migrate()
+    config = write_config(
+        tmp_path / "worker.toml",
+        {
+            "api": {"base_url": "http://127.0.0.1:9/api", "key": "k"},
+            "database": {"url": url},
+            "scheduler": {"scan_interval": "100ms", "dispatch_interval": "100ms"},
+        },
+    )
+    workers = Workers(tmp_path)
+    try:
+        worker = workers.start(config)
+        assert wait_until(lambda: "scan every" in worker.output(), 60), worker.output()
+        with frozen_process(mysql.server_pid(own_mariadb)) as stopped:
+            assert wait_until(lambda: _unread_by(stopped), 30), "the worker never queried"
+            code, seconds = worker.terminate(timeout=15)
+        print(f"worker exit after SIGTERM with the database frozen: {code} in {seconds:.1f} s")
+        assert code == 0, workers.outputs()
+        assert "stopped" in worker.output()
+    finally:
+        workers.close()
+
+
+def test_a_missing_mariadb_fails_the_mysql_tests_instead_of_skipping_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(mysql, "SERVER", tmp_path / "mariadbd")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install mariadb-server"):
+        mysql.require()
