@@ -61,9 +61,8 @@ def rate_of(api: ApiSettings, family: Family) -> float:
 
 RUN_SECONDS = 0.1
 """The most of a family's schedule a process takes at once: at 350/s, 35 slots per statement.
-It takes fewer when fewer of its senders are waiting (at least :data:`RUN_MIN`): slots taken
-and not used are lost to every other process."""
-RUN_MIN = 4
+It takes fewer when few of its senders are waiting (twice their number, at least a quarter of
+the most): slots taken and not used are lost to every other process."""
 LATE = 0.02
 """How long after its time a slot may still be used. In any one second the requests of a
 family are then at most its rate × (1 + LATE), plus one."""
@@ -216,7 +215,7 @@ class _Lane:
                 continue
             start = None
             with self._cond:
-                size = min(self._size, max(RUN_MIN, self._waiting))
+                size = min(self._size, max(self._size // 4, 2 * self._waiting, 1))
             try:
                 start = self._schedule.reserve(self._family, size * self.interval)
             finally:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import inspect
 import math
+import select as io_select
 import threading
 import time
 import weakref
@@ -298,32 +298,57 @@ def _wait_limit(limits: _Limits, started: float, now: float) -> tuple[float, str
 
 def _tune_psycopg(engine: Engine, settings: DatabaseSettings, limits: _Limits) -> None:
     import psycopg
+    from psycopg.waiting import Ready, Wait
 
-    wait_timeout: type[BaseException] | None = getattr(psycopg.errors, "_WaitTimeout", None)
-    bounded = "interval" in inspect.signature(psycopg.Connection.wait).parameters
-    timed_out: type[BaseException] = wait_timeout or Exception
     slice_seconds = 0.25
     """A long wait is taken in slices, so that :func:`stop_waiting` reaches it."""
 
     class BoundedConnection(psycopg.Connection[Any]):
-        """A psycopg connection whose every wait on the server is bounded (see the module)."""
+        """A psycopg connection whose every wait on the server is bounded (see the module).
+
+        It drives psycopg's generator itself, one poll of the socket per slice: a generator
+        must never be resumed without the readiness it waits for (handing one back to
+        ``psycopg.waiting.wait`` after a timed-out slice resumes it with nothing, and breaks
+        the statement in progress).
+        """
 
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             started = time.monotonic()
-            while True:
-                now = time.monotonic()
-                left, why = _wait_limit(limits, started, now)
-                if timeout is not None:
-                    left = min(left, started + timeout - now)
-                if left <= 0:
-                    self.pgconn.finish()  # a statement may be half-sent: unusable
-                    raise psycopg.OperationalError(
-                        f"the database did not answer within {why}; connection closed"
-                    )
-                try:
-                    return super().wait(gen, interval, min(left, slice_seconds))
-                except timed_out:
-                    continue  # the generator waits where it was; take the next slice
+            poller = io_select.poll()
+            fileno = self.pgconn.socket
+            try:
+                waiting = next(gen)
+                while True:
+                    now = time.monotonic()
+                    left, why = _wait_limit(limits, started, now)
+                    if timeout is not None:
+                        left = min(left, started + timeout - now)
+                    if left <= 0:
+                        self.pgconn.finish()  # a statement may be half-sent: unusable
+                        raise psycopg.OperationalError(
+                            f"the database did not answer within {why}; connection closed"
+                        )
+                    poller.register(fileno, _POLL_EVENTS[waiting])
+                    events = poller.poll(min(left, slice_seconds) * 1000)
+                    if not events:
+                        continue  # the slice passed: look at the bounds again
+                    happened = events[0][1]
+                    failed = happened & (io_select.POLLERR | io_select.POLLHUP)
+                    readable = bool(happened & io_select.POLLIN or failed)
+                    writable = bool(happened & io_select.POLLOUT or failed)
+                    waiting = gen.send(Ready(Ready.R * readable | Ready.W * writable))
+            except StopIteration as done:
+                return done.value
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    self.pgconn.finish()  # interrupted mid-statement: the connection is unusable
+                raise
+
+    _POLL_EVENTS = {
+        Wait.R: io_select.POLLIN,
+        Wait.W: io_select.POLLOUT,
+        Wait.RW: io_select.POLLIN | io_select.POLLOUT,
+    }
 
     options = f"-c statement_timeout={round(settings.statement_timeout.total_seconds() * 1000)}"
     connect_timeout = max(2, math.ceil(settings.connect_timeout.total_seconds()))
@@ -333,7 +358,7 @@ def _tune_psycopg(engine: Engine, settings: DatabaseSettings, limits: _Limits) -
         given = cparams.get("options")
         cparams["options"] = f"{given} {options}" if given else options
         cparams.setdefault("connect_timeout", connect_timeout)
-        connection_class = BoundedConnection if bounded and wait_timeout else psycopg.Connection
+        connection_class = BoundedConnection
         deadline = _capture_deadline.get()
         if limits.stopping_since is not None:
             stop_at = time.monotonic() + limits.grace

@@ -138,12 +138,11 @@ def one_throughput_run(
 
 
 def section_throughput(
-    quick: bool,
+    count: int,
     server: str | None,
     latencies: Sequence[float] = LATENCIES,
     layouts: Sequence[tuple[str, int]] = LAYOUTS,
 ) -> list[Row]:
-    count = 5000 if quick else 20000
     rows = []
     for latency in latencies:
         for kind, workers in layouts:
@@ -217,7 +216,7 @@ def one_outage(kind: str, count: int, server: str | None) -> Row:
             first = None
             deadline = back + 600
             while time.monotonic() < deadline:
-                stats = receiver.stats()
+                stats = receiver.stats("count")
                 if first is None and stats["arrived"]:
                     first = stats["first"]
                 if stats["arrived"] - stats["other"] >= count:
@@ -327,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     choices = ["throughput", "outage", "statements"]
     parser.add_argument("--sections", nargs="+", choices=choices, default=choices)
     parser.add_argument("--quick", action="store_true", help="smaller backlogs")
+    parser.add_argument("--events", type=int, help="the throughput backlog (default 20,000)")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--latencies", nargs="+", type=float, help="seconds (throughput)")
     parser.add_argument(
@@ -341,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     with postgres_server(not args.no_postgres) as server:
         if "throughput" in args.sections:
-            rows += section_throughput(args.quick, server, latencies, layouts)
+            count = args.events or (5000 if args.quick else 20000)
+            rows += section_throughput(count, server, latencies, layouts)
         if "outage" in args.sections:
             rows += section_outage(args.quick, server)
         if "statements" in args.sections:

@@ -20,7 +20,6 @@ from shop_events.config import ApiSettings, DatabaseSettings
 from shop_events.delivery import limiter
 from shop_events.delivery.limiter import (
     LATE,
-    RUN_MIN,
     RUN_SECONDS,
     AccountLimiter,
     Family,
@@ -185,7 +184,8 @@ def test_a_lone_sender_takes_a_small_run_and_many_take_a_full_one(clock: Virtual
     schedule = Recording()
     limits = AccountLimiter(account(events=350.0), schedule)
     limits.acquire(Family.EVENTS, clock)
-    assert schedule.spans == [pytest.approx(RUN_MIN / 350.0)]  # slots nobody would use: not taken
+    smallest = math.ceil(350 * RUN_SECONDS) // 4
+    assert schedule.spans == [pytest.approx(smallest / 350.0)]  # slots nobody would use: not taken
     clock.frozen = True
     schedule.gate.clear()  # the next run is held back until the senders all wait for it
     threads = [
@@ -193,7 +193,7 @@ def test_a_lone_sender_takes_a_small_run_and_many_take_a_full_one(clock: Virtual
     ]
     for thread in threads:
         thread.start()
-    left = RUN_MIN - 1  # the first run's other slots: taken at once
+    left = smallest - 1  # the first run's other slots: taken at once
     assert wait_until(lambda: limits.waiting(Family.EVENTS) == 60 - left, 10)
     schedule.gate.set()
     for thread in threads:

@@ -4,6 +4,12 @@ PostgreSQL database, measured at the receiver in every one-second window.
 ``api.rate_limit`` is set low (60/s) so the run is short and the receiver (Flask on werkzeug)
 keeps up. One worker is killed (``kill -9``) while the others send: the limit still holds in
 every second, and every event arrives once its claimed rows' leases run out.
+
+The receiver stamps each arrival in this test's process, which shares two cores with the
+workers and the database: a stamp late by 100 ms moves six requests of 60/s into the next
+second. The tolerance here is 15 % (one process per worker with its own limit would be 100 % to
+700 % over); ``tests/benchmarks/bench_account_limit.py`` measures the 5 % at 350/s with a
+receiver in its own process.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from tests.support import (
 )
 
 RATE = 60.0
-TOLERANCE = 0.05
+TOLERANCE = 0.15
 EVENTS = 480
 DELIVERY_TIMEOUT = 60.0
 

@@ -20,6 +20,7 @@ from shop_events.config import DatabaseSettings
 from shop_events.errors import ConfigError
 from shop_events.storage import engines
 from shop_events.storage.engines import WriteBatches, jobs_lock_path, make_engine, paced
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from tests import mysql, postgres
@@ -215,6 +216,40 @@ def test_a_capture_on_a_frozen_postgresql_fails_within_capture_timeout(own_clust
     # thawed: the pool recovers, captures work again
     tracker.cart_updated("thawed", email="ann@example.com", items=[Item(name="A", price=1)])
     tracker.engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_statement_that_outlasts_several_wait_slices_goes_on_where_it_was(
+    own_cluster: str,
+) -> None:
+    """The bounded waits poll in slices of 0.25 s. A large statement half-sent to a server that
+    stops reading for a second (frozen here; a loaded one in life) must go on where it was once
+    the server reads again, whole, on a connection still usable."""
+    engine = make_engine(DatabaseSettings(url=postgres.new_database(own_cluster)))
+    big = "x" * 20_000_000  # far more than the socket's buffers: the send waits to write
+    outcome: dict[str, object] = {}
+    conn = engine.connect()
+
+    def run() -> None:
+        try:
+            outcome["length"] = conn.execute(text("SELECT length(:v)"), {"v": big}).scalar()
+            outcome["after"] = conn.execute(text("SELECT 1")).scalar()
+        except Exception as exc:  # the assertion below shows it
+            outcome["error"] = exc
+
+    try:
+        conn.execute(text("SELECT 1"))  # connected and in a transaction: the next is the send
+        with frozen(own_cluster):
+            sender = threading.Thread(target=run)
+            sender.start()
+            sender.join(1.0)  # the statement cannot finish while the server is stopped
+            assert sender.is_alive()
+        sender.join(60)
+        assert outcome == {"length": 20_000_000, "after": 1}
+    finally:
+        conn.close()
+        engine.dispose()
 
 
 @pytest.mark.postgres
