@@ -96,6 +96,7 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         self.before_write = self.scheduler.ensure_running
         self._tables_missing = False
         self._tables_unreadable = False
+        self._said_in_memory = False
         self._tables_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -222,6 +223,11 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         return False
 
     @property
+    def tables_missing(self) -> bool:
+        """Whether the plugin's tables were missing when :meth:`check_tables` last looked."""
+        return self._tables_missing
+
+    @property
     def database(self) -> str:
         """The plugin's database for messages: its URL without the password, a SQLite file by
         its absolute path."""
@@ -252,7 +258,18 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         return self.transport.post(self.settings.api.event_path, encode_body(body))
 
     def start(self) -> None:
-        """Start the in-process scheduler (scan + dispatch jobs) in this process."""
+        """Start the in-process scheduler (scan + dispatch jobs) in this process.
+
+        Not on an in-memory SQLite database (a shop's tests on ``sqlite://``): its one
+        connection is shared by every thread, so jobs on threads of their own would run inside
+        the captures' transactions. There :meth:`scan` and :meth:`dispatch` are called instead.
+        """
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            if not self._said_in_memory:
+                self._said_in_memory = True
+                log.info("no jobs on the in-memory database %s: call scan() and dispatch()", url)
+            return
         self.scheduler.start()
 
     def shutdown(self, wait: bool = True) -> None:

@@ -82,6 +82,12 @@ class Hooks:
     before_write: Callable[[], None]
     """Called before each write: the tracker restarts its jobs in a forked child there."""
 
+    @property
+    def tables_missing(self) -> bool:
+        """Whether the plugin's tables are known to be missing (the tracker looks, and says so
+        once): a write failing meanwhile is logged at DEBUG only."""
+        return False
+
     def _bot(self, what: str, user_agent: str | None = None, email: str | None = None) -> bool:
         """True (and logged at DEBUG) when the capture comes from a bot: it creates nothing."""
         if user_agent is not None and not isinstance(user_agent, str):
@@ -141,7 +147,8 @@ class Hooks:
             with transaction(self.engine, session or connection) as conn:
                 result = write(conn)
         except SQLAlchemyError as exc:
-            log.error("%s was not recorded: %s", what, exc.__class__.__name__)
+            level = logging.DEBUG if self.tables_missing else logging.ERROR
+            log.log(level, "%s was not recorded: %s", what, exc.__class__.__name__)
             reason = scrub(str(getattr(exc, "orig", None) or exc), self.settings.database.url)
             raise StorageError(f"{what} was not recorded: {reason}") from exc
         # counted once the write is done: committed on the plugin's engine, or part of the

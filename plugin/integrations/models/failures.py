@@ -142,7 +142,7 @@ class ErrorLog:
             with self._lock:
                 for error in taken.values():
                     self._merge(error)
-            if not self._warned:
+            if not self._warned and not self._tracker.tables_missing:  # else said once
                 reason = scrub(message_of(exc), self._tracker.settings.database.url)
                 log.warning(
                     "capture errors not written to the plugin's tables yet (%s); they are "

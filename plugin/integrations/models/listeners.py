@@ -40,23 +40,39 @@ import json
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, event, inspect, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    bindparam,
+    event,
+    inspect,
+    select,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import (
     InstanceState,
     Mapper,
     ORMExecuteState,
+    RelationshipDirection,
+    RelationshipProperty,
     Session,
     SessionTransaction,
     UOWTransaction,
+    joinedload,
     scoped_session,
-    selectinload,
 )
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.interfaces import LoaderOption
 
+from ...errors import StorageError
 from ...payload.items import canonical_items
 from ...storage import kept_captures, orders
 from ...storage.engines import transaction
@@ -65,6 +81,7 @@ from .failures import ErrorLog, GetterError, describe, message_of, read
 from .mappings import (
     CartMapping,
     CustomerMapping,
+    Getter,
     ItemGetter,
     Key,
     OrderMapping,
@@ -254,17 +271,23 @@ class CaptureModels:
         self.order = order
         self.customer = customer
         self._roles: dict[Mapper[Any], _Role] = {}
+        self._role_cache: dict[Mapper[Any], _Role | None] = {}
         self._cart: Parent | None = None
         self._order: Parent | None = None
         self._errors = ErrorLog(tracker)
         self._kept: dict[Key, int] = {}
         """Orders kept in this process: their failed attempts here."""
+        self._same: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+        """Whether the shop's engine reaches the plugin's database, per engine."""
         if cart is not None:
             self._cart = parent_of("cart", cart.model, cart.lines, cart.line_model, cart.line_key)
+            fields = ("id", "email", "visitor_id", "currency", "restore_url")
             self._cart_get = {
-                name: getter_of(f"cart.{name}", cart.model, getattr(cart, name))
-                for name in ("id", "email", "visitor_id", "currency", "restore_url")
+                name: getter_of(f"cart.{name}", cart.model, getattr(cart, name)) for name in fields
             }
+            self._cart_load = _Loader(
+                cart.model, self._cart, [getattr(cart, name) for name in fields]
+            )
             self._roles[self._cart.mapper] = _Role.CART
             self._roles[self._cart.line_mapper] = _Role.CART_LINE
         if order is not None:
@@ -277,6 +300,12 @@ class CaptureModels:
             }
             self._order_get["status"] = status_reader(
                 "order", order.model, order.status, order.status_map
+            )
+            self._order_load = _Loader(
+                order.model,
+                self._order,
+                [getattr(order, name) for name in ("id", "email", "total", "currency", "cart_id")]
+                + [order.status],
             )
             self._order_table = str(getattr(self._order.mapper.local_table, "name", "order"))
             self._roles[self._order.mapper] = _Role.ORDER
@@ -298,6 +327,16 @@ class CaptureModels:
     def __repr__(self) -> str:
         models = ", ".join(m.class_.__name__ for m in self._roles)
         return f"CaptureModels({models})"
+
+    def _role_of(self, mapper: Mapper[Any]) -> _Role | None:
+        """The role of a model's rows (a subclass of a mapped model has its base's role)."""
+        try:
+            return self._role_cache[mapper]
+        except KeyError:
+            pass
+        role = next((self._roles[m] for m in mapper.iterate_to_root() if m in self._roles), None)
+        self._role_cache[mapper] = role
+        return role
 
     @property
     def active(self) -> bool:
@@ -332,7 +371,12 @@ class CaptureModels:
         if self._join is not None:
             return self._join
         bind = self._bind(session)
-        return bind is not None and same_database(bind, self.tracker.engine)
+        if bind is None:
+            return False
+        joins = self._same.get(bind)
+        if joins is None:
+            joins = self._same[bind] = same_database(bind, self.tracker.engine)
+        return joins
 
     # -- collecting (at each flush) --------------------------------------------------------
 
@@ -484,7 +528,7 @@ class CaptureModels:
                     with _savepoint(conn):
                         capture.on_fail(conn, exc)
                 except Exception as also:
-                    log.error("%s: %s", capture.what, message_of(also))
+                    log.log(self._level(also), "%s: %s", capture.what, message_of(also))
             self._failed(capture.mapping, capture.what, exc)
 
     def _failed(self, mapping: str, what: str, exc: Exception) -> None:
@@ -493,7 +537,13 @@ class CaptureModels:
         if self._on_error is not None:
             self._on_error(what, failure.error)
         else:
-            log.error("%s was not captured: %s.%s", what, mapping, failure.detail)
+            log.log(self._level(exc), "%s was not captured: %s.%s", what, mapping, failure.detail)
+
+    def _level(self, exc: Exception) -> int:
+        """ERROR; DEBUG for a database error while the plugin's tables are known to be missing:
+        the tracker said so once, and every commit failing on them would only repeat it."""
+        quiet = self.tracker.tables_missing and isinstance(exc, StorageError | SQLAlchemyError)
+        return logging.DEBUG if quiet else logging.ERROR
 
     def _customer_calls(self, session: Session, pending: _Pending) -> Iterator[_Capture]:
         if self.customer is None or not pending.customers:
@@ -539,7 +589,7 @@ class CaptureModels:
         assert self._cart is not None
         mapping, parent, get = self.cart, self._cart, self._cart_get
         for key, known_id in list(pending.carts.items()):
-            cart = _load(session, mapping.model, parent, key)
+            cart = self._cart_load(session, key)
             if cart is None:
                 cart_id = known_id or self._cart_id_from_key(key)
                 if cart_id is not None:
@@ -598,7 +648,7 @@ class CaptureModels:
         calls: list[_Capture] = []
         found: list[tuple[Key, str, Any]] = []
         for key in {**pending.new_orders, **pending.changed_orders, **retry}:
-            order = _load(session, mapping.model, parent, key)
+            order = self._order_load(session, key)
             if order is None:
                 if key in self._kept:  # the shop deleted it
                     calls.append(self._released(key))
@@ -651,6 +701,12 @@ class CaptureModels:
                 self._failed("order", what, exc)
                 calls.append(self._keep_now(key, what, exc))
                 continue
+            if mapping.total is not None and values["total"] is None:
+                # Not an error: a shop that writes the lines in several commits sets the total
+                # last. Placed now, the order would go without its later lines.
+                unset = GetterError("total", ValueError("not set yet"))
+                calls.append(self._keep_now(key, what, unset, logging.INFO))
+                continue
             calls.append(
                 _Capture(
                     "order",
@@ -666,23 +722,26 @@ class CaptureModels:
         if len(self._kept) > _KEPT_IN_MEMORY:
             self._kept.pop(next(iter(self._kept)), None)
 
-    def _keep_now(self, key: Key, what: str, exc: Exception) -> _Capture:
+    def _keep_now(
+        self, key: Key, what: str, exc: Exception, level: int = logging.WARNING
+    ) -> _Capture:
         """Keep the order whose capture failed while it was read (written with the others)."""
-        keep = self._keep_later(key, what)
+        keep = self._keep_later(key, what, level)
 
         def call(conn: Connection | None) -> None:
             keep(conn, exc)
 
         return _Capture("order", what, call)
 
-    def _keep_later(self, key: Key, what: str) -> OnFail:
+    def _keep_later(self, key: Key, what: str, level: int = logging.WARNING) -> OnFail:
         self._kept_here(key)
         table = self._order_table
 
         def keep(conn: Connection | None, exc: Exception) -> None:
             failure = describe(exc)
             now = self.tracker.clock()
-            log.warning(
+            log.log(
+                level,
                 "%s is kept and tried again at the next commit that touches it (order.%s)",
                 what,
                 failure.detail,
@@ -891,29 +950,102 @@ def _rejected_on_fail(tracker: Tracker, cart_id: Any) -> OnFail:
     return on_fail
 
 
+_SAVEPOINT = "shop_events_capture"
+
+
 @contextlib.contextmanager
 def _savepoint(conn: Connection | None) -> Iterator[None]:
-    """A savepoint on the host's PostgreSQL connection: a failed statement there would abort
-    the shop's whole transaction. (SQLite undoes only the failed statement.)
+    """A savepoint on the host's server database connection: on PostgreSQL a failed statement
+    would abort the shop's whole transaction. (SQLite undoes only the failed statement.)
+
+    It is not released: the shop's commit follows and releases it, so a capture costs one round
+    trip for it, not two. A failure rolls back to it, which undoes only what the capture wrote;
+    a later savepoint of the same name hides it, as a nested one would.
     """
     if conn is None or conn.dialect.name == "sqlite":
         yield
-    else:
-        with conn.begin_nested():
-            yield
+        return
+    conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+    try:
+        yield
+    except BaseException:
+        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        raise
 
 
-def _load(session: Session, model: type[Any], parent: Parent, key: Key) -> Any:
-    """The parent with its lines as they are in the database now (after the last flush).
+class _Loader:
+    """Reads a cart or an order as it is in the database now (after the last flush), in one
+    statement built once per mapping.
 
     Lines added by their foreign key, or removed by a bulk delete, are not in a collection
-    loaded earlier: the row and its lines are read again (lines read by a function of the row
-    are read by it, at commit).
+    loaded earlier, and another request may have changed the cart since the shop read it: the
+    row and its lines are read again. What the getters are likely to read comes in the same
+    statement: the relationships a dotted getter follows (``"user.email"``) and each line's
+    many-to-one references (``line.product``), which would otherwise be read one query per line.
+    Lines read by a function of the row are read by it, at commit.
     """
-    query = select(model).where(*parent.where(key)).execution_options(populate_existing=True)
-    if parent.lines is not None:
-        query = query.options(selectinload(parent.lines.class_attribute))
-    return session.execute(query, bind_arguments={"mapper": parent.mapper}).scalars().first()
+
+    def __init__(
+        self, model: type[Any], parent: Parent, getters: Iterable[Getter[Any] | None]
+    ) -> None:
+        self.mapper = parent.mapper
+        self._names = tuple(f"shop_events_key_{n}" for n in range(len(parent.columns)))
+        where = [c == bindparam(n) for c, n in zip(parent.columns, self._names, strict=True)]
+        options = _followed(parent.mapper, getters)
+        if parent.lines is not None:
+            lines = joinedload(parent.lines.class_attribute)
+            references = [
+                joinedload(rel.class_attribute) for rel in _references(parent.line_mapper, parent)
+            ]
+            options.append(lines.options(*references) if references else lines)
+        self._query: Select[Any] = (
+            select(model).where(*where).options(*options).execution_options(populate_existing=True)
+        )
+
+    def __call__(self, session: Session, key: Key) -> Any:
+        """The row of ``key`` with its lines, or None when it no longer exists."""
+        found = session.execute(
+            self._query,
+            dict(zip(self._names, key, strict=True)),
+            bind_arguments={"mapper": self.mapper},
+        )
+        return found.unique().scalars().first()
+
+
+def _followed(mapper: Mapper[Any], getters: Iterable[Getter[Any] | None]) -> list[LoaderOption]:
+    """Joined loads of the relationships the dotted getters follow (``user`` of ``user.email``)."""
+    paths: dict[tuple[str, ...], LoaderOption] = {}
+    for getter in getters:
+        if not isinstance(getter, str) or "." not in getter:
+            continue
+        at, option = mapper, None
+        path: tuple[str, ...] = ()
+        for name in getter.split(".")[:-1]:
+            rel = at.relationships.get(name)
+            if rel is None or rel.uselist or rel.secondary is not None:
+                break
+            path = (*path, name)
+            option = (
+                joinedload(rel.class_attribute)
+                if option is None
+                else option.joinedload(rel.class_attribute)
+            )
+            paths[path] = option
+            at = rel.mapper
+    # only the longest paths: each carries the joins before it
+    return [o for p, o in paths.items() if not any(q[: len(p)] == p and q != p for q in paths)]
+
+
+def _references(line_mapper: Mapper[Any], parent: Parent) -> list[RelationshipProperty[Any]]:
+    """A line's many-to-one references loaded lazily by default (its product), not its parent."""
+    return [
+        rel
+        for rel in line_mapper.relationships
+        if rel.direction is RelationshipDirection.MANYTOONE
+        and rel.secondary is None
+        and rel.lazy == "select"
+        and not rel.mapper.common_parent(parent.mapper)
+    ]
 
 
 def _keys_in(
@@ -1010,11 +1142,9 @@ def _roles(
     captures: Sequence[CaptureModels], mapper: Mapper[Any]
 ) -> Iterator[tuple[CaptureModels, _Role]]:
     for capture in captures:
-        for base in mapper.iterate_to_root():
-            role = capture._roles.get(base)
-            if role is not None:
-                yield capture, role
-                break
+        role = capture._role_of(mapper)
+        if role is not None:
+            yield capture, role
 
 
 def _before_flush(session: Session, flush_context: UOWTransaction, instances: Any) -> None:
@@ -1044,7 +1174,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     changes = (("new", session.new), ("dirty", session.dirty), ("deleted", session.deleted))
     for how, objects in changes:
         for obj in objects:
-            state: InstanceState[Any] = inspect(obj)
+            state: InstanceState[Any] = instance_state(obj)
             roles = list(_roles(captures, state.mapper))
             if not roles or (
                 how == "dirty" and not session.is_modified(obj, include_collections=False)

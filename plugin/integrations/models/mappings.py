@@ -107,10 +107,11 @@ class OrderMapping(Generic[M]):
 
     The order is placed at the first commit where it has lines, provided the order or its lines
     were inserted in that transaction; an order that cannot be read completely then (its total
-    not set yet) is kept and placed at a later commit that touches it. ``total`` defaults to the
-    sum of the items; ``cart_id`` is the cart the order converts (the plugin's cart id);
-    ``status`` lets later status changes raise ``order_status_changed``. ``lines``,
-    ``line_model`` and ``line_key`` are as in :class:`CartMapping`.
+    not set yet: its getter raises, or a mapped ``total`` reads None) is kept and placed at a
+    later commit that touches it. ``total`` defaults to the sum of the items; ``cart_id`` is
+    the cart the order converts (the plugin's cart id); ``status`` lets later status changes
+    raise ``order_status_changed``. ``lines``, ``line_model`` and ``line_key`` are as in
+    :class:`CartMapping`.
 
     ``status`` reads the shop's status (a function may combine two columns, such as a payment
     status and a ``ship_status``); ``status_map`` turns the shop's values into the status names

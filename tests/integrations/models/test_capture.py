@@ -185,6 +185,31 @@ def test_a_line_added_by_its_foreign_key_is_in_the_cart(
         assert names(cart_row(tracker, cart.id)) == [("Styler", "1"), ("Brush", "1")]
 
 
+def test_a_cart_change_costs_the_shops_commit_one_read_and_one_write(
+    tracker: Tracker, shop_engine: Engine, capture: CaptureModels
+) -> None:
+    sent: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement.split()[0].upper())
+
+    with Session(shop_engine) as session:
+        cart = new_cart(session, ("Styler", "341.00", 1), ("Shampoo", "28.50", 2))
+        cart.lines.append(CartLine(name="Brush", price=Decimal("12.75")))
+        session.flush()  # the shop's own statements
+        cart_id = cart.id
+        event.listen(shop_engine, "before_cursor_execute", note)
+        try:
+            session.commit()
+        finally:
+            event.remove(shop_engine, "before_cursor_execute", note)
+    # the cart and its lines read back in one statement, the cart recorded in one (and, on a
+    # server database, one savepoint that keeps a failed capture out of the shop's transaction)
+    savepoint = [] if shop_engine.dialect.name == "sqlite" else ["SAVEPOINT"]
+    assert sent == ["SELECT", *savepoint, "INSERT"]
+    assert len(names(cart_row(tracker, cart_id))) == 3
+
+
 def test_the_cart_row_changing_sends_the_cart(
     tracker: Tracker, shop_engine: Engine, capture: CaptureModels
 ) -> None:
@@ -423,6 +448,58 @@ def test_bad_data_is_reported_and_the_shops_commit_goes_on(
     ]
     assert any("items[0].price: must not be negative" in m for m in messages), messages
     assert any("email" in m and "not a valid email" in m for m in messages), messages
+
+
+def refuse_carts_holding(engine: Engine, name: str) -> None:
+    """A trigger on the plugin's carts table that fails any insert of a cart holding ``name``:
+    a capture the database itself refuses, inside the shop's transaction."""
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        if dialect == "postgresql":
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_cart() RETURNS trigger AS $$ BEGIN "
+                f"IF position('{name}' in NEW.items) > 0 THEN RAISE EXCEPTION 'refused'; "
+                "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_cart BEFORE INSERT ON shop_events_carts "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_cart()"
+            )
+        elif dialect == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_cart BEFORE INSERT ON shop_events_carts "
+                f"WHEN instr(NEW.items, '{name}') > 0 BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_cart BEFORE INSERT ON shop_events_carts FOR EACH ROW "
+                f"BEGIN IF instr(NEW.items, '{name}') > 0 THEN "
+                "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'; END IF; END"
+            )
+
+
+def test_a_capture_the_database_refuses_leaves_the_shops_commit_and_the_other_captures(
+    tracker: Tracker, shop_engine: Engine
+) -> None:
+    refuse_carts_holding(tracker.engine, "Refused")
+    failed: list[str] = []
+    capture = CaptureModels(
+        tracker, cart=CART, engines=shop_engine, on_error=lambda what, exc: failed.append(what)
+    )
+    try:
+        with Session(shop_engine) as session:
+            refused = Cart(email="a@ex.com", lines=[CartLine(name="Refused", price=Decimal(1))])
+            kept = Cart(email="b@ex.com", lines=[CartLine(name="Styler", price=Decimal(2))])
+            session.add_all([refused, kept])
+            session.commit()  # PostgreSQL: the refused write must not abort the shop's commit
+            ids = (refused.id, kept.id)
+    finally:
+        capture.close()
+    with Session(shop_engine) as session:
+        assert len(session.execute(select(CartLine)).all()) == 2  # the shop's rows are all there
+    assert failed == [f"the cart {ids[0]}"]
+    assert cart_row(tracker, ids[0]) is None
+    assert names(cart_row(tracker, ids[1])) == [("Styler", "1")]
 
 
 # -- one set of listeners, any number of apps ------------------------------------------------
