@@ -5,9 +5,9 @@ latency (350/s at 300 ms: about 105). The number is not set by hand; it is found
 finds a window:
 
 - it grows while it is what holds delivery back: a send that had waited for a free place while
-  slots of the rate limit passed unused adds one, so the number doubles each round trip at
-  first, and grows by one per round trip after a 429; once the rate limit is what holds
-  sends back, no slot goes unused and it stops growing;
+  the account's rate schedule had room (a run of slots taken meanwhile started at once) adds
+  one, so the number doubles each round trip at first, and grows by one per round trip after
+  a 429; once the rate limit is what holds sends back, runs start later and it stops growing;
 - it halves on a 429 (once per round trip: the 429s of sends started before the cut count as
   one), because the account is over its limit whatever this process thinks;
 - it never exceeds ``delivery.threads`` nor falls below one.
@@ -67,8 +67,8 @@ class AdaptiveConcurrency:
             self._in_use -= 1
 
     def answered(self, ticket: int, *, queued: bool, slack: bool, throttled: bool) -> None:
-        """Adapt to one answered send: ``queued`` it had waited for a place, ``slack`` slots of
-        the rate limit went unused while it was in progress, ``throttled`` a 429."""
+        """Adapt to one answered send: ``queued`` it had waited for a place, ``slack`` the rate
+        schedule had room while it was in progress, ``throttled`` a 429."""
         with self._lock:
             if throttled:
                 if ticket <= self._cut_at:

@@ -155,9 +155,9 @@ class _Lane:
         self._waiting = 0
         """Senders of this process inside :meth:`acquire` now."""
         self._cond = threading.Condition()
-        self.unused = 0
-        """Slots of this process that passed with nobody asking for them: its senders were
-        too few to keep up with the rate (see :mod:`.concurrency`)."""
+        self.free_runs = 0
+        """Runs this process took that started at once: the schedule had room, nobody was
+        using the whole rate (see :mod:`.concurrency`)."""
 
     def acquire(self, stop: threading.Event) -> float | None:
         """Wait for a slot; the seconds waited, or None when ``stop`` came first."""
@@ -200,7 +200,6 @@ class _Lane:
                         break
                     while self._taken < self._count and self._slot(self._taken) < now - LATE:
                         self._taken += 1  # nobody asked in time
-                        self.unused += 1
                     if self._taken < self._count:
                         self._taken += 1
                         return self._slot(self._taken - 1)
@@ -222,6 +221,8 @@ class _Lane:
                 with self._cond:
                     if start is not None:
                         self._start, self._count, self._taken = start, size, 0
+                        if start <= _monotonic() + LATE:
+                            self.free_runs += 1
                     self._reserving = False
                     self._cond.notify_all()
 
@@ -257,9 +258,10 @@ class AccountLimiter:
         """How many senders of this process wait for a slot of ``family`` now."""
         return self._lanes[family].waiting
 
-    def unused(self, family: Family) -> int:
-        """How many of ``family``'s slots this process let pass unasked so far."""
-        return self._lanes[family].unused
+    def free_runs(self, family: Family) -> int:
+        """How many runs of ``family`` this process took that started at once, so far: the
+        account's schedule had room (nobody was using the whole rate)."""
+        return self._lanes[family].free_runs
 
     def hold(self, family: Family, seconds: float) -> None:
         """No request of ``family`` for ``seconds``, in any process sharing the schedule (the
