@@ -15,8 +15,10 @@ elapsed time, not the plugin's clock: the limiter throttles the wire, which test
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from enum import StrEnum
 from typing import Protocol
@@ -159,6 +161,12 @@ class _Lane:
         """Runs this process took that started at once: the schedule had room, nobody was
         using the whole rate (see :mod:`.concurrency`)."""
 
+    def after_fork(self) -> None:
+        """In a forked child: no thread of the parent waits here, and none holds the lock."""
+        self._cond = threading.Condition()
+        self._reserving = False
+        self._waiting = 0
+
     def acquire(self, stop: threading.Event) -> float | None:
         """Wait for a slot; the seconds waited, or None when ``stop`` came first."""
         with self._cond:
@@ -244,6 +252,15 @@ class AccountLimiter:
         self._lanes = {
             family: _Lane(family, rate_of(api, family), self._schedule) for family in Family
         }
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            limiter = ref()
+            if limiter is not None:
+                for lane in limiter._lanes.values():
+                    lane.after_fork()
+
+        os.register_at_fork(after_in_child=after_fork)
 
     def acquire(self, family: Family, stop: threading.Event | None = None) -> float | None:
         """Wait for one request's slot in ``family``; the seconds waited, or None when ``stop``
