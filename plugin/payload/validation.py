@@ -73,7 +73,9 @@ def quoted(value: object, limit: int = QUOTE_MAX) -> str:
     Never raises: a value whose ``repr`` fails is named by its type.
     """
     if isinstance(value, str) and len(value) > limit:  # the start of the text, marked as cut
-        return repr(value[:limit]) + "…"
+        shown = repr(value[:limit])  # escapes may make it several times longer
+        room = limit + 2  # the quotes
+        return (shown if len(shown) <= room else shown[:room]) + "…"
     try:
         text = _SHORT.repr(value)
     except Exception:
@@ -234,6 +236,10 @@ def check_host_id(value: object, field: str) -> str:
     return check_text(value, field, HOST_ID_MAX).strip()
 
 
+EMAIL_REASON_MAX = 200
+"""The longest reason of the email validator quoted in an error (it may list many characters)."""
+
+
 def check_email(value: object, field: str = "email") -> str:
     """A syntactically valid email address, lower-cased (so carts and orders of one shopper
     match whatever case they typed); no DNS look-up.
@@ -244,7 +250,10 @@ def check_email(value: object, field: str = "email") -> str:
         try:
             validate_email(text, check_deliverability=False)
         except EmailNotValidError as exc:
-            raise ValidationError(field, f"is not a valid email address ({exc})") from None
+            reason = str(exc)
+            if len(reason) > EMAIL_REASON_MAX:  # it lists every bad character: a long list
+                reason = reason[: EMAIL_REASON_MAX - 1] + "…"
+            raise ValidationError(field, f"is not a valid email address ({reason})") from None
     return str(normalized)
 
 
@@ -261,7 +270,7 @@ def check_url(value: object, field: str) -> str:
     """An absolute http(s) URL of at most 2048 characters."""
     text = check_text(value, field, URL_MAX).strip()
     if not _HTTP_URL.match(text):
-        raise ValidationError(field, f"must be an absolute http(s) URL, got {text[:80]!r}")
+        raise ValidationError(field, f"must be an absolute http(s) URL, got {quoted(text, 80)}")
     if _SPACE.search(text):
         raise ValidationError(field, "must not contain spaces")
     return text
