@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import click
@@ -22,6 +24,7 @@ from flask.cli import AppGroup, with_appcontext
 from .config import CONFIG_PATH_ENV, Settings, format_duration, parse_duration, scrub
 from .errors import ConfigError, ValidationError
 from .health import Health, problems
+from .recovery.report import FlowReport, RecoveryReport
 from .storage import outbox, pause
 from .tracker import Tracker
 
@@ -484,6 +487,148 @@ def preview(
         raise SystemExit(1)
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+MOMENT_RULE = "an ISO date or date-time in UTC, e.g. '2024-05-01' or '2024-05-01T08:00'"
+SINCE_RULE = f"a duration back from --until such as '30d' or '12h', or {MOMENT_RULE}"
+
+
+def _moment(text: str) -> datetime | None:
+    """``text`` as an aware UTC datetime when it is an ISO date or date-time (naive = UTC)."""
+    if not _ISO_DATE.match(text):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _until_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """``--until``: an ISO date or date-time (UTC), or None for now."""
+    if value is None:
+        return None
+    moment = _moment(value.strip())
+    if moment is None:
+        raise click.BadParameter(f"{value!r} is not {MOMENT_RULE}")
+    return moment
+
+
+def _since_option(_ctx: click.Context, _param: click.Parameter, value: str) -> Any:
+    """``--since``: a duration back from the period's end (``30d``), or when it starts."""
+    text = value.strip()
+    moment = _moment(text)
+    if moment is not None:
+        return moment
+    if _ISO_DATE.match(text):
+        raise click.BadParameter(f"{value!r} is not {MOMENT_RULE}")
+    try:
+        age = parse_duration(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not {SINCE_RULE}") from None
+    if age <= timedelta(0):
+        raise click.BadParameter(f"{value!r}: a duration must be longer than 0s")
+    return age
+
+
+@click.command()
+@click.option(
+    "--since",
+    metavar="DURATION|DATE",
+    default="30d",
+    callback=_since_option,
+    show_default=True,
+    help="Where the period starts: a duration back from --until (30d, 12h) or an ISO date or "
+    "date-time (UTC).",
+)
+@click.option(
+    "--until",
+    metavar="DATE",
+    default=None,
+    callback=_until_option,
+    help="Where the period ends, not included: an ISO date or date-time (UTC). Default: now.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def report(since: datetime | timedelta, until: datetime | None, as_json: bool) -> None:
+    """What the reminders brought back: per flow, sequences started, reminders delivered per
+    step, clicks, recovered orders and their revenue per currency, the recovery rate; then the
+    abandoned carts' days.
+
+    ``--json`` prints the abandoned-cart flow's figures at the top level and every flow's under
+    ``flows`` (revenue as decimal strings).
+    """
+    end = until if until is not None else _tracker().clock()
+    start = end - since if isinstance(since, timedelta) else since
+    if start >= end:
+        raise click.BadParameter(
+            f"the period must start before it ends ({start.isoformat()} is not before "
+            f"{end.isoformat()})",
+            param_hint="--since/--until",
+        )
+    tracker = _tracker(tables=True)
+    result = tracker.recovery_report(since=start, until=end)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    for line in report_lines(result, tracker.database):
+        click.echo(line)
+
+
+def report_lines(result: RecoveryReport, database: str) -> list[str]:
+    """The recovery report as ``shop-events report`` prints it: a short table per flow, then
+    the abandoned-cart flow's days."""
+    stamp = "%Y-%m-%d %H:%M"
+    lines = [
+        f"recovery from {result.since.strftime(stamp)} to {result.until.strftime(stamp)} UTC "
+        f"(database: {database})"
+    ]
+    for flow in result.flows.values():
+        lines.extend(["", *_flow_lines(flow)])
+    cart = result.cart
+    lines.extend(["", f"{cart.name} by day (UTC)"])
+    head = ("day", "started", "delivered", "clicks", "recovered", "revenue")
+    rows = [
+        (
+            day.day.isoformat(),
+            str(day.abandoned),
+            str(day.reminders_delivered),
+            str(day.clicks),
+            str(day.recovered_orders),
+            _money(day.recovered_revenue),
+        )
+        for day in cart.daily
+    ]
+    for row in (head, *rows):
+        counts = "".join(f"{cell:>11}" for cell in row[1:5])
+        lines.append(f"  {row[0]:<10}{counts}  {row[5]}")
+    return lines
+
+
+def _flow_lines(flow: FlowReport) -> list[str]:
+    """One flow's figures, a label and a value per line."""
+    delivered = ", ".join(
+        f"step {step}: {count}" for step, count in sorted(flow.reminders_delivered.items())
+    )
+    recovered = str(flow.recovered_orders)
+    if flow.recovered_orders:
+        recovered += f" ({flow.recovered_clicked} after a click on the link)"
+    figures = (
+        ("sequences started", str(flow.abandoned)),
+        ("reminders delivered", delivered or "none"),
+        ("clicks", str(flow.clicks)),
+        ("recovered orders", recovered),
+        ("recovered revenue", _money(flow.recovered_revenue)),
+        ("recovery rate", f"{flow.recovery_rate * 100:.1f}%"),
+    )
+    return [flow.name, *(f"  {label:<20} {value}" for label, value in figures)]
+
+
+def _money(amounts: dict[str, Decimal]) -> str:
+    """``EUR 12.50, USD 3.00``, or ``-`` for none."""
+    return ", ".join(f"{currency} {amount}" for currency, amount in sorted(amounts.items())) or "-"
+
+
 @click.command()
 @click.option("--simulate", type=int, default=None, help="Run N scripted shoppers instead.")
 @click.option("--port", type=int, default=5000, show_default=True, help="The shop's port.")
@@ -511,6 +656,7 @@ COMMANDS = (
     purge,
     resume,
     preview,
+    report,
     demo,
 )
 for _command in COMMANDS:

@@ -13,12 +13,13 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
+from .abandonment.coupons import Coupon
 from .abandonment.scanner import Scanner, ScanResult
 from .capture.accounts import AccountHooks
 from .capture.browse import BrowseHooks
@@ -40,8 +41,10 @@ from .payload.validation import (
     check_text,
     encode_body,
 )
+from .recovery.report import DEFAULT_PERIOD, RecoveryReport, recovery_report
 from .retention import purge
 from .scheduler import Scheduler
+from .storage import caps, recoveries, reminders
 from .storage.engines import (
     engine_label,
     jobs_lock_path,
@@ -69,6 +72,7 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
         *,
         clock: Clock = utcnow,
         engine: Engine | None = None,
+        coupon: Coupon | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load(env=os.environ)
         self.engine = engine if engine is not None else make_engine(self.settings.database)
@@ -79,7 +83,7 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
             clock,
             AccountLimiter(self.settings.api, SharedSchedule(self.engine)),
         )
-        self.scanner = Scanner(self.settings, self.engine, clock)
+        self.scanner = Scanner(self.settings, self.engine, clock, coupon)
         self.dispatcher = Dispatcher(self.settings, self.engine, self.transport, clock)
         self.watch = StallWatch(self.engine, self.settings, clock)
         self.scheduler = Scheduler(
@@ -164,11 +168,29 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
             self.clock(),
             older_than=older_than,
             dead_letters=dead_letters,
-            keep_caps_for=max(flow.contact_interval for flow in flows),
+            keep={
+                caps.TABLE: max(flow.contact_interval for flow in flows),
+                reminders.TABLE: self.settings.recovery.keep,
+                recoveries.TABLE: self.settings.recovery.keep,
+            },
         )
         if any(counts.values()):
             log.info("retention: deleted %s", {k: v for k, v in counts.items() if v})
         return counts
+
+    def recovery_report(
+        self,
+        since: datetime | timedelta | None = None,
+        until: datetime | None = None,
+    ) -> RecoveryReport:
+        """What the reminders brought back in ``[since, until)`` (default: the last 30 days up
+        to now; ``since`` may be a duration back from ``until``): per flow, sequences started,
+        reminders delivered per step, clicks, recovered orders and revenue, a daily series."""
+        end = until if until is not None else self.clock()
+        if since is None:
+            since = DEFAULT_PERIOD
+        start = end - since if isinstance(since, timedelta) else since
+        return recovery_report(self.engine, start, end)
 
     def summary(self) -> Summary:
         """Outbox counts by status and type, oldest pending row, last error."""

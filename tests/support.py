@@ -18,9 +18,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shop_events import Item, Settings, Tracker
 from shop_events.storage.tables import outbox
@@ -330,3 +332,52 @@ def add_events(tracker: Tracker, count: int, prefix: str = "event") -> None:
                 dedupe_key=f"{FAULT_EVENT}:{prefix}-{i}",
                 connection=conn,
             )
+
+
+# ------------------------------------------------------------------------------ trackers
+
+TrackerFactory = Callable[..., Tracker]
+"""``make_tracker(**sections)``: a migrated tracker on test settings with some sections
+overridden."""
+
+
+@contextlib.contextmanager
+def trackers(
+    make_settings: SettingsFactory, **defaults: dict[str, Any]
+) -> Iterator[TrackerFactory]:
+    """Makes migrated trackers on ``make_settings``, with the sections in ``defaults`` unless a
+    call names its own; shuts them all down and closes their engines on exit."""
+    made: list[Tracker] = []
+
+    def make(**sections: dict[str, Any]) -> Tracker:
+        tracker = Tracker(make_settings(**{**defaults, **sections}))
+        tracker.migrate()
+        made.append(tracker)
+        return tracker
+
+    try:
+        yield make
+    finally:
+        for tracker in made:
+            tracker.shutdown()
+            tracker.engine.dispose()
+
+
+def scan_and_dispatch(tracker: Tracker) -> int:
+    """One scan and one dispatch pass; how many events went out."""
+    tracker.scan()
+    return tracker.dispatch().sent
+
+
+# ------------------------------------------------------------------------------ recovery
+
+RECOVERY_START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+"""Where the recovery tests' frozen ``clock`` starts (``tests/recovery/conftest.py``)."""
+
+
+def link_token(event: dict[str, Any]) -> str:
+    """The token of the recovery link (``cart_url``) in a reminder the receiver got."""
+    url: str = Receiver.params(event)["cart_url"]
+    path = urlsplit(url).path
+    assert path.startswith("/shop-events/r/"), url
+    return path.rsplit("/", 1)[-1]

@@ -131,6 +131,9 @@ def test_purge_deletes_old_finished_rows_in_batches_and_keeps_the_rest(
         "shop_events_registrations": 2,  # 1 abandoned + 1 completed
         "shop_events_orders": 2,
         "shop_events_caps": 7,  # 5 carts, 1 browse, 1 registration
+        # the recovery report's reminders and recovered orders are kept for recovery.keep
+        "shop_events_reminders": 0,
+        "shop_events_recoveries": 0,
     }
     assert outbox_by_status(tracker) == {
         "dead": {"will_die"},
@@ -237,3 +240,30 @@ def test_purge_keeps_frequency_caps_for_the_longest_contact_interval(
         left = conn.execute(select(caps_table.c.contact)).scalars().all()
         assert conn.execute(select(func.count()).select_from(caps_table)).scalar() == 1
     assert left == ["a@example.com"]
+
+
+def test_reminders_and_recovered_orders_are_kept_for_recovery_keep(
+    make_settings: SettingsFactory, receiver: Receiver, clock: FrozenDateTimeFactory
+) -> None:
+    """The recovery report reads them: retention.days does not erase them, recovery.keep does."""
+    tracker = Tracker(make_settings(recovery={"keep": "90d"}))
+    tracker.migrate()
+    tracker.cart_updated("cart-1", email="ann@example.com", items=ITEMS)
+    clock.tick(timedelta(hours=1))
+    tracker.scan()
+    assert tracker.dispatch().sent == 1
+    clock.tick(timedelta(hours=1))
+    tracker.order_placed("order-1", email="ann@example.com", items=ITEMS)
+    tracker.dispatch()
+    clock.tick(timedelta(days=60))
+    counts = tracker.purge()
+    assert (counts["shop_events_reminders"], counts["shop_events_recoveries"]) == (0, 0)
+    assert (
+        tracker.recovery_report(since=START, until=START + timedelta(days=2)).cart.recovered_orders
+        == 1
+    )
+    clock.tick(timedelta(days=31))
+    counts = tracker.purge()
+    assert (counts["shop_events_reminders"], counts["shop_events_recoveries"]) == (1, 1)
+    tracker.shutdown()
+    tracker.engine.dispose()

@@ -1,4 +1,5 @@
-"""Abandonment detection: idle carts, browses and registrations become outbox rows.
+"""Abandonment detection: idle carts, browses and registrations become outbox rows, one per
+reminder step as each comes due.
 
 One transaction per batch moves due rows from ``active`` to ``abandoned`` with a conditional
 ``UPDATE … RETURNING`` and inserts their outbox rows, so two scanners racing can never enqueue
@@ -12,18 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
 from ..clock import Clock, utcnow
 from ..config import Settings
-from ..errors import ValidationError
-from ..storage import activity, caps, consent
+from ..errors import ConfigError, ValidationError
+from ..storage import activity, caps, consent, reminders
 from ..storage.engines import WriteBatches
 from ..storage.enums import FlowState, SkipReason
 from ..storage.outbox import NewEvent, enqueue
-from .flows import Flow, Row, flows
+from ..storage.reminders import NewReminder
+from .coupons import Coupon, Coupons
+from .flows import Flow, Row, Step, flows
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +48,48 @@ class ScanResult:
     enqueued: int = 0
     by_flow: dict[str, int] = dataclasses.field(default_factory=dict)
     """Events queued per flow (``cart``, ``browse``, ``registration``)."""
+    steps: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Events queued per step number (1 for a sequence's first reminder)."""
 
 
 class Scanner:
-    """Finds rows idle past their flow's ``after`` and queues their events."""
+    """Finds rows whose next reminder step is due and queues their events."""
 
-    def __init__(self, settings: Settings, engine: Engine, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        clock: Clock = utcnow,
+        coupon: Coupon | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._clock = clock
         self._flows = [f for f in flows(settings) if f.settings.enabled]
+        recovery = settings.recovery
+        if recovery.links and not recovery.secret.reveal():
+            raise ConfigError(
+                "recovery.secret: required with recovery.links to sign the links (set "
+                "SHOP_EVENTS_RECOVERY_SECRET; under Flask it defaults to a key derived from "
+                "the app's secret_key)"
+            )
+        self._coupons = Coupons(settings.recovery, coupon)
 
     def scan(self) -> ScanResult:
-        """One pass over everything due now, flow by flow, in batches; bounded."""
+        """One pass over everything due now, flow by flow and step by step, in batches;
+        bounded."""
         result = ScanResult()
         now = self._clock()
         for flow in self._flows:
-            batches = WriteBatches(self._engine, flow.settings.scan_batch)
-            for _ in range(MAX_BATCHES_PER_SCAN):
-                limit = batches.size
-                with batches.transaction(self._engine) as (conn, handled):
-                    found = self._scan_batch(conn, flow, now, result, limit)
-                    handled.append(found)
-                if found < limit:
-                    break
+            for number, delay in enumerate(flow.settings.delays, 1):
+                batches = WriteBatches(self._engine, flow.settings.scan_batch)
+                for _ in range(MAX_BATCHES_PER_SCAN):
+                    limit = batches.size
+                    with batches.transaction(self._engine) as (conn, handled):
+                        found = self._scan_batch(conn, flow, number, delay, now, result, limit)
+                        handled.append(found)
+                    if found < limit:
+                        break
         if result.abandoned or result.suppressed or result.converted:
             log.info(
                 "scan: %d abandoned %s, %d suppressed, %d cancelled",
@@ -80,18 +101,28 @@ class Scanner:
         return result
 
     def _scan_batch(
-        self, conn: Connection, flow: Flow, now: datetime, result: ScanResult, limit: int
+        self,
+        conn: Connection,
+        flow: Flow,
+        number: int,
+        delay: timedelta,
+        now: datetime,
+        result: ScanResult,
+        limit: int,
     ) -> int:
         settings = flow.settings
-        rows = activity.take_due(conn, flow.subject, now, settings.after, limit)
+        rows = activity.take_due(conn, flow.subject, now, delay, limit, number)
         events: list[NewEvent] = []
+        queued: list[NewReminder] = []
         contacts = [c for c in map(flow.contact, rows) if c]
         refused = consent.opted_out(conn, contacts) if settings.marketing else set()
         for row in rows:
-            reason, event = self._outcome(conn, flow, row, now, refused)
-            if event is not None:
+            reason, event, step = self._outcome(conn, flow, row, number, now, refused)
+            if event is not None and step is not None:
                 events.append(event)
+                queued.append(flow.reminder(row, event, step))
                 result.abandoned += 1
+                result.steps[number] = result.steps.get(number, 0) + 1
                 subject = flow.subject.value
                 result.by_flow[subject] = result.by_flow.get(subject, 0) + 1
                 continue
@@ -106,38 +137,51 @@ class Scanner:
                 result.suppressed += 1
                 result.unbuildable += reason is SkipReason.UNBUILDABLE
         result.enqueued += enqueue(conn, events, now)
+        reminders.record(conn, queued, now)
+        self._coupons.record_failures(conn)
         return len(rows)
 
     def _outcome(
-        self, conn: Connection, flow: Flow, row: Row, now: datetime, refused: set[str]
-    ) -> tuple[SkipReason | None, NewEvent | None]:
+        self,
+        conn: Connection,
+        flow: Flow,
+        row: Row,
+        number: int,
+        now: datetime,
+        refused: set[str],
+    ) -> tuple[SkipReason | None, NewEvent | None, Step | None]:
         """The due row's event, or why it emits nothing (cancelled: converted; else suppressed).
 
         The event is built before the frequency cap is taken, so a row that cannot be sent
-        does not spend the contact's cap.
+        does not spend the contact's cap; only a sequence's first step takes it.
         """
         contact = flow.contact(row)
         if not contact:
-            return SkipReason.NO_CONTACT, None
+            return SkipReason.NO_CONTACT, None, None
         if contact in refused:
-            return SkipReason.OPTED_OUT, None
+            return SkipReason.OPTED_OUT, None, None
         if flow.cancelled(conn, row):
-            return SkipReason.CANCELLED, None
+            return SkipReason.CANCELLED, None, None
+        key = activity.key_of(flow.subject, row)
+        coupon = self._coupons.code(flow, key, contact, number, now)
+        step = Step(number=number, now=now, coupon=coupon)
         try:
-            event = flow.event(row)
+            event = flow.event(row, step)
         except Exception as exc:  # one row's data, not the scan: the others still go out
-            key = activity.key_of(flow.subject, row)
             log.error(
-                "%s %r version %s cannot be sent, suppressed as %s: %s",
+                "%s %r version %s step %d cannot be sent, suppressed as %s: %s",
                 flow.subject.value,
                 key,
                 row.version,
+                number,
                 SkipReason.UNBUILDABLE.value,
                 exc,
                 exc_info=not isinstance(exc, ValidationError),
             )
-            return SkipReason.UNBUILDABLE, None
+            return SkipReason.UNBUILDABLE, None, None
         settings = flow.settings
-        if not caps.take(conn, settings.event_type_key, contact, now, settings.contact_interval):
-            return SkipReason.CAPPED, None
-        return None, event
+        if number == 1 and not caps.take(
+            conn, settings.event_type_key, contact, now, settings.contact_interval
+        ):
+            return SkipReason.CAPPED, None, None
+        return None, event, step

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import ValidationError
 from ..payload.contacts import check_name, check_phone, profile_inputs
-from ..payload.events import Param, build_body
+from ..payload.events import STEP_PARAM, Param, build_body
 from ..payload.validation import check_email, check_event_size, check_url, quoted
 from ..storage import caps, consent, outbox, registrations
 from ..storage.enums import Subject
@@ -42,13 +42,20 @@ class AccountHooks(Hooks):
         """
         contact = check_email(email)
         pairs = check_params(params)
+        if any(name == STEP_PARAM for name, _ in pairs):
+            raise ValidationError(
+                f"params.{STEP_PARAM}",
+                "is reserved for the reminder's step number (1, 2, …); give yours another name",
+            )
         flow = self.settings.unfinished_registration
-        # the event is checked now, so a bad param fails here and not at scan time
+        # the event is checked now (with its last step's number), so a bad param fails here
+        # and not at scan time
+        last_step = (STEP_PARAM, str(len(flow.delays)))
         check_event_size(
             build_body(
                 flow.event_type_key,
                 contact,
-                [("email", contact), *pairs],
+                [("email", contact), *pairs, last_step],
                 self.settings.api.version,
             ),
             self.settings.api.max_event_bytes,

@@ -15,7 +15,7 @@ from ..payload.events import Param, build_items_event
 from ..payload.items import CanonicalItem, canonical_items, items_total, price_text
 from ..payload.orders_api import ORDERS_API_PATH, ORDERS_API_TYPE, orders_api_order
 from ..payload.validation import check_email, check_host_id, dump_json, encode_body, quoted
-from ..storage import browses, carts, orders
+from ..storage import browses, carts, orders, recoveries
 from ..storage.enums import Subject
 from ..storage.outbox import NewEvent, enqueue
 from .base import Hooks, ItemsArg, check_currency
@@ -54,7 +54,9 @@ class OrderHooks(Hooks):
         """An order: queues its event and converts the shopper's carts and browse.
 
         Every open cart of ``cart_id`` or of the same email stops being a candidate for
-        abandonment, and a reminder already queued for it is dropped at send time.
+        abandonment, and a reminder already queued for it is dropped at send time. An order
+        within ``recovery.attribution_window`` after a reminder of its contact or cart was
+        delivered is credited to the last one (the recovery report).
         """
         order_key = check_host_id(order_id, "order_id")
         contact = check_email(email)
@@ -83,6 +85,16 @@ class OrderHooks(Hooks):
             browses.convert(conn, contact)
             orders.store(conn, order_key, contact, order_status, stored, now)
             enqueue(conn, events, now)
+            recoveries.credit(
+                conn,
+                order_id=order_key,
+                email=contact,
+                cart_id=cart_key,
+                revenue=amount,
+                currency=code,
+                now=now,
+                window=self.settings.recovery.attribution_window,
+            )
 
         self._write(f"order_placed({order_key!r})", session, connection, write)
 

@@ -32,6 +32,9 @@ class Checked(Protocol):
     def check(self, path: str) -> None:
         """Raise :class:`ConfigError` naming the key (prefixed by ``path``) that is wrong."""
 
+    def check_given(self, path: str, given: frozenset[str]) -> None:
+        """Raise :class:`ConfigError` when the keys written (``given``) cannot go together."""
+
 
 SettingsT = TypeVar("SettingsT", bound=Checked)
 
@@ -96,8 +99,12 @@ def build(cls: type[SettingsT], data: Mapping[str, Any], path: str) -> SettingsT
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
     built = cls(**values)
+    built.check_given(path, frozenset(data))
     built.check(path)
     return built
+
+
+_KINDS = {str: "strings", int: "integers", float: "numbers", timedelta: "durations"}
 
 
 def coerce(hint: Any, raw: Any) -> Any:
@@ -107,11 +114,12 @@ def coerce(hint: Any, raw: Any) -> Any:
             raise ValueError("must be a table of names to text, like [section.name]")
         return {str(k): coerce(str, v) for k, v in raw.items()}
     if get_origin(hint) is tuple:
+        element = get_args(hint)[0]
         if isinstance(raw, str):  # from the environment: comma-separated
             raw = [part.strip() for part in raw.split(",") if part.strip()]
         if not isinstance(raw, list | tuple):
-            raise ValueError("must be a list of strings")
-        return tuple(coerce(str, v) for v in raw)
+            raise ValueError(f"must be a list of {_KINDS.get(element, 'values')}")
+        return tuple(coerce(element, v) for v in raw)
     if hint is timedelta:
         return parse_duration(raw)
     if hint is Secret:

@@ -31,6 +31,27 @@ class Section:
         without rules beyond its field types keeps this default, which accepts everything.
         """
 
+    def check_given(self, path: str, given: frozenset[str]) -> None:
+        """Raise :class:`ConfigError` when keys written together (``given``) exclude each other.
+
+        Only the keys written count (a default is never in ``given``); the default accepts any.
+        """
+
+    def written(self) -> dict[str, object]:
+        """The fields whose values differ from their defaults, by name: what was set."""
+        changed: dict[str, object] = {}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            if field.default is not dataclasses.MISSING:
+                default = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+            else:
+                default = dataclasses.MISSING
+            value = getattr(self, field.name)
+            if value != default:
+                changed[field.name] = value
+        return changed
+
 
 def _masked_repr(section: object, masked: Mapping[str, str]) -> str:
     """The dataclass ``repr`` of ``section`` with some fields' text replaced (no password)."""
@@ -205,6 +226,7 @@ class SchedulerSettings(Section):
 
 
 THREADS_MAX = 1024
+STEPS_MAX = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,15 +277,42 @@ class FlowSettings(Section):
 
     enabled: bool = True
     after: timedelta = timedelta(hours=1)
+    """How long idle before the one reminder (one step); see ``steps`` for several."""
+    steps: tuple[timedelta, ...] = ()
+    """Several reminders, each this long after the last activity (``["1h", "24h", "72h"]``);
+    each is checked again when it is due and at send time, and none follows a purchase."""
     event_type_key: str = ""
     contact_interval: timedelta = timedelta(hours=24)
+    """At most one sequence of reminders of this flow per contact this often (not per step)."""
     scan_batch: int = 500
     marketing: bool = True
     """Marketing flows skip contacts who opted out; transactional ones do not."""
 
+    @property
+    def delays(self) -> tuple[timedelta, ...]:
+        """Each step's delay after the last activity: ``steps``, or ``after`` as the one step."""
+        return self.steps or (self.after,)
+
+    def check_given(self, path: str, given: frozenset[str]) -> None:
+        """``steps`` and ``after`` say the same thing: one of them (an empty ``steps`` is none)."""
+        if {"steps", "after"} <= given and self.steps:
+            raise ConfigError(
+                f"{path}steps, {path}after: set one of them (after = one step; "
+                f'steps = several, e.g. ["1h", "24h", "72h"])'
+            )
+
     def check(self, path: str) -> None:
-        """The event type key is one the platform accepts."""
+        """The event type key is one the platform accepts; steps grow, from above zero."""
         _check_event_type_keys(path, {"event_type_key": self.event_type_key})
+        if len(self.steps) > STEPS_MAX:
+            raise ConfigError(f"{path}steps: at most {STEPS_MAX} steps")
+        previous = timedelta(0)
+        for number, delay in enumerate(self.delays, 1):
+            if delay <= previous:
+                name = "steps" if self.steps else "after"
+                rule = "longer than 0s" if number == 1 else "longer than the step before it"
+                raise ConfigError(f"{path}{name}: step {number} must be {rule}")
+            previous = delay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -556,3 +605,59 @@ class WebSettings(Section):
             raise ConfigError(f"{path}admin_access: {self.admin_access!r} is not 'module:function'")
         if self.admin_page_size < 1:
             raise ConfigError(f"{path}admin_page_size: must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverySettings(Section):
+    """``[recovery]``: links in reminders that bring the cart back, coupons, attribution."""
+
+    links: bool = False
+    """``cart_url`` becomes a signed link served by the plugin (``/shop-events/r/<token>``):
+    opening it records a click and restores the cart, on any device."""
+    base_url: str = ""
+    """The shop's public URL (``https://shop.example``); required with ``links``."""
+    link_ttl: timedelta = timedelta(days=30)
+    attribution_window: timedelta = timedelta(days=7)
+    """An order this soon after a delivered reminder of the same contact or cart is recovered."""
+    utm: bool = True
+    """Add ``utm_source=shop-events&utm_medium=email&utm_campaign=<event type>&utm_content=
+    step-<n>`` to where a recovery link leads (the cart's restore URL, or the shop's home)."""
+    secret: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    """Signs the links (better: ``SHOP_EVENTS_RECOVERY_SECRET``). Under Flask, empty: a key
+    derived from the app's ``secret_key``; a standalone worker with links needs it."""
+    coupon: str = ""
+    """``module:function`` called as ``fn(cart_id, email, step)`` for ``coupon_steps``; its
+    code goes as the ``coupon`` param (or ``ShopEvents(app, coupon=fn)``)."""
+    coupon_steps: tuple[int, ...] = ()
+    keep: timedelta = timedelta(days=400)
+    """How long reminders, their clicks and the orders they recovered are kept for the report
+    (at least ``retention.days``)."""
+
+    def check(self, path: str) -> None:
+        """A public http(s) URL with links, durations above zero, steps from 1, a long secret."""
+        if self.links and not self.base_url:
+            raise ConfigError(
+                f"{path}base_url: required with {path}links (the shop's public URL, e.g. "
+                "'https://shop.example')"
+            )
+        if self.base_url:
+            parts = urlsplit(self.base_url)
+            plain = not (parts.username or parts.password or parts.query or parts.fragment)
+            if parts.scheme not in ("http", "https") or not parts.hostname or not plain:
+                raise ConfigError(
+                    f"{path}base_url: must be an http(s) URL like 'https://shop.example', got "
+                    f"{mask_url(self.base_url, user=False)[:80]!r}"
+                )
+        for name in ("link_ttl", "attribution_window", "keep"):
+            if getattr(self, name) <= timedelta(0):
+                raise ConfigError(f"{path}{name}: must be longer than 0s")
+        secret = self.secret.reveal()
+        if secret and len(secret) < SECRET_MIN:
+            raise ConfigError(f"{path}secret: must be at least {SECRET_MIN} characters")
+        if self.coupon and not _ADMIN_ACCESS.fullmatch(self.coupon):
+            raise ConfigError(f"{path}coupon: {self.coupon!r} is not 'module:function'")
+        if any(step < 1 for step in self.coupon_steps):
+            raise ConfigError(f"{path}coupon_steps: steps are numbered from 1")
+
+
+SECRET_MIN = 16

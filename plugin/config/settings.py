@@ -23,6 +23,7 @@ from .sections import (
     EventsSettings,
     ItemsSettings,
     OrdersSettings,
+    RecoverySettings,
     RetentionSettings,
     SchedulerSettings,
     Section,
@@ -54,6 +55,7 @@ class Settings(Section):
     alerts: AlertsSettings = dataclasses.field(default_factory=AlertsSettings)
     items: ItemsSettings = dataclasses.field(default_factory=ItemsSettings)
     web: WebSettings = dataclasses.field(default_factory=WebSettings)
+    recovery: RecoverySettings = dataclasses.field(default_factory=RecoverySettings)
 
     @classmethod
     def from_file(
@@ -89,12 +91,9 @@ class Settings(Section):
 
     def override(self, **sections: Mapping[str, Any]) -> Settings:
         """A copy with some settings changed: ``s.override(api={"key": "k"})``."""
+        # only what was set, so that a key excluding another is not taken as written with it
         data: dict[str, dict[str, Any]] = {
-            f.name: {
-                g.name: getattr(getattr(self, f.name), g.name)
-                for g in dataclasses.fields(getattr(self, f.name))
-            }
-            for f in dataclasses.fields(self)
+            f.name: getattr(self, f.name).written() for f in dataclasses.fields(self)
         }
         for section, values in sections.items():
             if section not in data:

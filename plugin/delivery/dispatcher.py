@@ -34,12 +34,13 @@ from typing import Any, assert_never
 from sqlalchemy import Connection, Engine
 
 from .. import metrics
-from ..abandonment.flows import unwanted
+from ..abandonment.flows import step_of, unwanted
 from ..clock import Clock, utcnow
 from ..config import Settings, format_duration
 from ..payload.orders_api import ORDERS_API_PATH
 from ..payload.validation import encode_body
-from ..storage import caps, outbox, pause
+from ..storage import caps, outbox, pause, reminders
+from ..storage.activity import SUBJECTS
 from ..storage.engines import REST_AFTER_DELIVERY, eased
 from ..storage.enums import OutboxStatus
 from . import policy
@@ -59,6 +60,8 @@ RESULT_WAIT = 1.0
 UNSENDABLE = "cannot be sent"
 """How the error of a row whose request cannot be built begins."""
 ERROR_MAX = 2000
+REMINDER_SUBJECTS = frozenset(subject.value for subject in SUBJECTS)
+"""The subjects whose events are reminders (the abandonment flows'): their delivery is kept."""
 
 
 def _monotonic() -> float:
@@ -385,8 +388,9 @@ class Dispatcher:
         return len(group)
 
     def _slack(self, job: _Job) -> bool:
-        """Whether the account's schedule of the job's family had room since its turn: a run
-        taken meanwhile started at once, so the rate limit was not what held sends back."""
+        """Whether the rate of the job's family had room since its turn (a run taken meanwhile
+        started at once, or a slot went unused), so the rate limit was not what held sends
+        back."""
         if job.room_before is None:
             return False
         family = family_of(job.rows[0].api_path)
@@ -568,6 +572,7 @@ class Dispatcher:
                 row.subject_id,
                 row.subject_version,
                 row.key_value,
+                step_of(row.dedupe_key) if row.subject_type in REMINDER_SUBJECTS else None,
             )
             if not reason:
                 wanted.append(row)
@@ -678,6 +683,8 @@ class Dispatcher:
                     response_status=status,
                     last_error=None,
                 )
+                if done and row.subject_type in REMINDER_SUBJECTS:
+                    reminders.delivered(conn, row.dedupe_key, now)
                 return Settled.SENT if done else Settled.LOST_LEASE
             case policy.Retry(at=at, error=error, attempts=attempts, status=status):
                 done = outbox.settle(

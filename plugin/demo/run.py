@@ -13,10 +13,10 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Self, TextIO
+from typing import TYPE_CHECKING, Any, Self, TextIO
 
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -24,7 +24,10 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from ..config import Settings, format_duration
 from ..testing import Receiver
 from ..tracker import Tracker
-from .shop import create_shop, shop_state
+from .shop import create_shop, shop_state, tracker_of
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 DEMO_KEY = "demo-key"
 DB_NAME = "shop_events_demo.db"
@@ -68,9 +71,13 @@ class Demo:
         self.server: BaseWSGIServer | None = None
 
     def start(self) -> Self:
-        """Start the receiver, migrate the database, start the plugin and bind the shop."""
+        """Start the receiver, bind the shop, start the plugin and migrate the database."""
         self.receiver.start()
         try:
+            # bound first: the recovery links in the emails need the shop's port (0 picks one)
+            self.server = make_server(self.host, self._shop_port, _not_ready, threaded=True)
+            self._shop_port = self.server.server_port
+            root = self.shop_url.rstrip("/")
             settings = Settings.load(
                 {
                     "api": {"base_url": self.receiver.base_url, "key": DEMO_KEY},
@@ -78,20 +85,14 @@ class Demo:
                     # The cap is as short as the timeout, so one tester can try again at once.
                     "abandoned_cart": {"after": self._after, "contact_interval": self._after},
                     "scheduler": {"enabled": self._scheduler, **self._intervals},
+                    "recovery": {"links": True, "base_url": root},
                 }
             )
-            tracker = Tracker(settings)
-            self.tracker = tracker
-            tracker.migrate()  # before the scheduler's first scan, which ShopEvents starts
-            app = self.app = create_shop(
-                settings,
-                public_url=f"http://{self.host}:{self._shop_port}",
-                receiver_url=self.receiver.url,
-                tracker=tracker,
-            )
-            self.server = make_server(self.host, self._shop_port, app, threaded=True)
-            self._shop_port = self.server.server_port
-            shop_state(app).public_url = self.shop_url.rstrip("/")  # port 0 is known now
+            # the links' key is derived from the shop's secret_key, made with the app
+            app = self.app = create_shop(settings, public_url=root, receiver_url=self.receiver.url)
+            tracker = self.tracker = tracker_of(app)
+            tracker.migrate()  # before the scheduler's first scan, at the first request
+            self.server.app = app
         except BaseException:
             self.stop()
             raise
@@ -114,6 +115,8 @@ class Demo:
             f"  carts are abandoned after {format_duration(settings.abandoned_cart.after)} "
             f"of inactivity (scanned every {format_duration(settings.scheduler.scan_interval)})",
             "  add products, sign up or enter an email on the cart page, then leave the cart alone",
+            "  (the reminder's cart_url brings that cart back, in any browser)",
+            f"  operator pages: {self.shop_url}shop-events/admin/ (from this computer only)",
             "  Ctrl-C to stop",
         ]
 
@@ -163,6 +166,13 @@ class Demo:
             file=self.out,
             flush=True,
         )
+
+
+def _not_ready(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """The shop's server until the shop is made (it serves nothing before :meth:`Demo.start`
+    returns)."""
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"the demo shop is starting\n"]
 
 
 def run_demo(

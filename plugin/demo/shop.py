@@ -6,6 +6,11 @@ calls the tracker: ``capture_models`` declares how a cart, an order
 and a customer read, and the plugin captures every commit itself, inside the request's
 transaction. The cart's id is kept in the Flask session cookie; the cart page asks for an email
 early ("email me my cart") so an idle cart can be abandoned with a contact.
+
+Reminders carry recovery links (``recovery.links``, signed with a key derived from the app's
+``secret_key``): the link opens the cart in any browser (:func:`restore_cart`). The operator
+pages (history, health, dead letters, recovery) are open to the local visitor only: a request
+from 127.0.0.1 or ::1 that came through no proxy.
 """
 
 from __future__ import annotations
@@ -44,7 +49,13 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from ..config import Settings, format_duration
 from ..errors import ValidationError
-from ..integrations.flask.extension import ShopEvents, capture_models, tracker_for
+from ..integrations.flask.blueprint import URL_PREFIX
+from ..integrations.flask.extension import (
+    ShopEvents,
+    capture_models,
+    tracker_for,
+    with_link_secret,
+)
 from ..integrations.models import CaptureModels, CartMapping, CustomerMapping, OrderMapping
 from ..payload.items import Item
 from ..payload.validation import check_email
@@ -59,6 +70,17 @@ log = logging.getLogger(__name__)
 MAX_QUANTITY = 99
 STATUS_ROWS = 50
 DEFAULT_ROOT = "http://127.0.0.1:5000"
+LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1"})
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+OPERATOR_PAGES = (
+    ("History", f"{URL_PREFIX}/admin/"),
+    ("Health", f"{URL_PREFIX}/admin/health"),
+    ("Dead letters", f"{URL_PREFIX}/admin/dead"),
+    ("Recovery", f"{URL_PREFIX}/admin/recovery"),
+)
+"""The plugin's operator pages the header links to, for the local visitor."""
+_BY_SKU = {catalog.item(p, DEFAULT_ROOT).sku: p for p in catalog.PRODUCTS}
+"""The catalog by the SKU its items carry: a reminder's products name them so."""
 
 # -- the shop's own models --------------------------------------------------------------------
 
@@ -198,12 +220,16 @@ def create_shop(
     as shoppers reach it (``http://127.0.0.1:5000``); product and cart URLs in events are built
     on it, or on the request's own root when it is None. ``receiver_url`` is linked from every
     page so the events can be watched arriving.
+
+    A tracker built here sends recovery links (unless ``settings`` already do, to the shop's
+    root: ``public_url``, else :data:`DEFAULT_ROOT`), signed with a key derived from the app's
+    ``secret_key``.
     """
     app = Flask(__name__)
-    app.secret_key = secret_key or secrets.token_hex(16)
+    app.secret_key = secret_key or secrets.token_hex(32)
     app.config["SESSION_COOKIE_NAME"] = "demo_shop"
-    tracker = tracker or Tracker(settings)
-    ShopEvents(app, tracker=tracker)
+    tracker = tracker or Tracker(with_link_secret(app, with_links(settings, public_url)))
+    ShopEvents(app, tracker=tracker, admin_access=local_visitor, restore_cart=restore_cart)
     Base.metadata.create_all(tracker.engine)
     db = scoped_session(sessionmaker(tracker.engine, expire_on_commit=False))
     app.extensions["demo_shop"] = ShopState(
@@ -217,6 +243,66 @@ def create_shop(
     app.teardown_appcontext(lambda _exc: db.remove())
     _register_routes(app)
     return app
+
+
+def with_links(settings: Settings, public_url: str | None) -> Settings:
+    """``settings`` with recovery links on, to ``public_url`` (unless they are on already)."""
+    if settings.recovery.links:
+        return settings
+    root = (public_url or DEFAULT_ROOT).rstrip("/")
+    return settings.override(recovery={"links": True, "base_url": root})
+
+
+def local_visitor() -> bool:
+    """Whether the request comes from this machine, directly: the operator pages' access check.
+
+    A proxy on this machine would make every visitor look local; a request that names another
+    client in a proxy header is therefore not let in.
+    """
+    if request.remote_addr not in LOCAL_ADDRESSES:
+        return False
+    return not any(name in request.headers for name in PROXY_HEADERS)
+
+
+def restore_cart(cart_id: str, items: list[dict[str, Any]]) -> BaseResponse:
+    """``restore_cart`` for the plugin's recovery links: the reminder's cart in this session.
+
+    The cart itself when it is still open (in any browser: it is a row of the shop's table);
+    otherwise (bought, emptied, or gone) a new cart rebuilt from the products the reminder
+    showed, for the same contact.
+    """
+    db = _db()
+    cart = db.get(Cart, cart_id)
+    if cart is not None and cart.status == "open" and cart.lines:
+        session["cart_id"] = cart.id
+        flash("Welcome back! Here is your cart.", "ok")
+        return redirect(url_for("cart_page"), 303)
+    lines = _lines_of(items)
+    if not lines:
+        flash("That cart is no longer available.", "error")
+        return redirect(url_for("cart_page"), 303)
+    rebuilt = Cart(
+        id=f"c-{secrets.token_hex(6)}",
+        email=cart.contact if cart is not None else None,
+        customer=_customer(),
+        lines=lines,
+    )
+    db.add(rebuilt)
+    db.commit()
+    session["cart_id"] = rebuilt.id
+    flash("Welcome back! We put the products of your cart back in it.", "ok")
+    return redirect(url_for("cart_page"), 303)
+
+
+def _lines_of(items: list[dict[str, Any]]) -> list[CartLine]:
+    """Cart lines for the catalog's products among ``items`` (found by SKU), one per product."""
+    quantities: dict[int, int] = {}
+    for item in items:
+        product = _BY_SKU.get(item.get("sku")) if isinstance(item, dict) else None
+        if product is not None:
+            wanted = quantities.get(product.id, 0) + (_quantity(item.get("quantity")) or 1)
+            quantities[product.id] = min(MAX_QUANTITY, wanted)
+    return [CartLine(product_id=pid, quantity=qty) for pid, qty in quantities.items()]
 
 
 def _capture(app: Flask, engine: Engine) -> CaptureModels:
@@ -331,6 +417,7 @@ def _register_routes(app: Flask) -> None:
             "receiver_url": state.receiver_url,
             "abandon_after": format_duration(state.settings.abandoned_cart.after),
             "currency": state.currency,
+            "operator_pages": OPERATOR_PAGES if local_visitor() else (),
         }
 
     @app.get("/")

@@ -2,10 +2,13 @@
 
 ``simulate(n)`` plays ``n`` shoppers over simulated time (nothing sleeps: a :class:`FakeClock`
 moves in 10-second ticks, and each tick runs one scan and one dispatch pass). The shoppers go
-through every flow: carts, product browsing (some anonymous, identified when they sign in),
-registrations, logins and password resets, contact updates, orders and their status changes
-(also sent to the Orders API) and opt-outs. Then it counts what happened from the plugin's
-tables and the receiver's recorded requests only, and prints a table per flow and event type.
+through every flow: carts (reminded in three steps, with recovery links), product browsing
+(some anonymous, identified when they sign in), registrations, logins and password resets,
+contact updates, orders and their status changes (also sent to the Orders API) and opt-outs;
+some open the link in their reminder, and some order after a reminder. Then it counts what
+happened from the plugin's tables and the receiver's recorded requests only, and prints a table
+per flow and event type, and the recovery figures of the database's report beside the same
+figures counted from the receiver's log and the links the shoppers opened.
 ``shop-events demo --simulate N`` calls it.
 """
 
@@ -25,8 +28,11 @@ from typing import Any, TextIO
 
 from ..config import Settings
 from ..payload.items import Item
+from ..payload.links import LINK_PATH
 from ..payload.orders_api import ORDERS_API_PATH, ORDERS_API_TYPE
 from ..payload.validation import encode_body
+from ..recovery.links import open_link
+from ..recovery.report import NO_CURRENCY
 from ..storage import activity, outbox
 from ..storage.enums import FlowState, OutboxStatus, Subject
 from ..testing import Received, Receiver, Reply
@@ -40,17 +46,22 @@ MAX_TICKS = 6 * 360
 """Six hours of shop time: far more than any plan needs; a bound, not a goal."""
 REMINDER_PATIENCE = 180
 """Ticks a shopper waits for a reminder before going on without it (a dead letter, say)."""
+CART_STEPS = ("1m", "3m", "6m")
+"""The abandoned-cart reminders' steps: a shop would write ``["1h", "24h", "72h"]``; in shop
+time moved 10 seconds a tick, minutes keep the run short."""
+RECOVERY_SECRET = "simulation-recovery-secret"
 SETTINGS: dict[str, dict[str, Any]] = {
-    "abandoned_cart": {"after": "1m", "contact_interval": "1m"},
+    "abandoned_cart": {"steps": list(CART_STEPS), "contact_interval": "1m"},
     "abandoned_browse": {"after": "1m", "contact_interval": "1m"},
     "unfinished_registration": {"after": "2m", "contact_interval": "1m"},
     "orders": {"api": True},
     "contacts": {"fields": {"10001": "date"}, "default_region": "UA"},
+    "recovery": {"links": True, "base_url": SHOP_URL, "secret": RECOVERY_SECRET},
     "scheduler": {"enabled": False},
 }
-"""The simulation's shop: short timeouts, orders also sent to the Orders API."""
+"""The simulation's shop: short timeouts, carts reminded in three steps with recovery links,
+orders also sent to the Orders API."""
 
-"""The outbox's event type of Orders API rows."""
 ACTIVITY: tuple[tuple[str, Subject], ...] = (
     ("carts", Subject.CART),
     ("browses", Subject.BROWSE),
@@ -99,7 +110,15 @@ class Queued:
     """Wait until, right after a scan, the shopper's reminder is queued but not yet sent."""
 
 
-Condition = Ticks | Reminded | Queued
+@dataclasses.dataclass(frozen=True)
+class OpenLink:
+    """Open the recovery link of the shopper's last abandoned-cart reminder, as the receiver
+    got it, ``times`` times; then go on at once (nothing when no reminder came)."""
+
+    times: int = 1
+
+
+Condition = Ticks | Reminded | Queued | OpenLink
 Plan = Generator[Condition, None, None]
 
 
@@ -221,6 +240,37 @@ def _buys_after_reminder(s: Shopper, t: Tracker) -> Plan:
     yield Reminded(1)
     yield Ticks(2)
     s.buy(t)
+
+
+def _buys_after_second_reminder(s: Shopper, t: Tracker) -> Plan:
+    s.update(t)
+    yield Reminded(2)
+    yield Ticks(1)
+    s.buy(t)
+
+
+def _clicks_and_buys(s: Shopper, t: Tracker) -> Plan:
+    s.update(t)
+    yield Reminded(1)
+    yield Ticks(1)
+    yield OpenLink()
+    yield Ticks(2)
+    s.buy(t)
+
+
+def _clicks_then_buys_after_second_reminder(s: Shopper, t: Tracker) -> Plan:
+    s.update(t)
+    yield Reminded(1)
+    yield OpenLink()
+    yield Reminded(2)
+    yield Ticks(1)
+    s.buy(t)
+
+
+def _clicks_and_leaves(s: Shopper, t: Tracker) -> Plan:
+    s.update(t)
+    yield Reminded(1)
+    yield OpenLink(times=2)  # opened twice: one click
 
 
 def _changes_after_reminder(s: Shopper, t: Tracker) -> Plan:
@@ -348,6 +398,10 @@ PROFILES: dict[str, Callable[[Shopper, Tracker], Plan]] = {
     "abandons": _abandons,
     "buys in time": _buys_in_time,
     "buys after reminder": _buys_after_reminder,
+    "buys after the second reminder": _buys_after_second_reminder,
+    "clicks the link and buys": _clicks_and_buys,
+    "clicks, buys after the second reminder": _clicks_then_buys_after_second_reminder,
+    "clicks the link and leaves": _clicks_and_leaves,
     "changes after reminder": _changes_after_reminder,
     "buys while reminder queued": _buys_while_queued,
     "clears the cart": _clears,
@@ -363,6 +417,66 @@ PROFILES: dict[str, Callable[[Shopper, Tracker], Plan]] = {
     "opts out": _opts_out,
     "opts out while reminder queued": _opts_out_while_queued,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedLink:
+    """One opening of a recovery link, as the simulation saw it (not read back from the
+    plugin's tables)."""
+
+    token: str
+    cart_id: str
+    step: int
+    """The ``step`` param of the reminder the link came in."""
+    cart: str
+    """The reminder's ``items`` param: the cart version, so the reminders of one sequence."""
+    at: datetime
+
+
+class Links:
+    """The simulation's own record of the recovery links the shoppers opened.
+
+    A shopper opens the link of their last abandoned-cart reminder, taken from the receiver's
+    copy of the event (its ``cart_url``), through :func:`~shop_events.recovery.links.open_link`,
+    as the shop's ``/shop-events/r/<token>`` page does.
+    """
+
+    def __init__(self, receiver: Receiver, reminder_key: str) -> None:
+        self._receiver = receiver
+        self._reminder_key = reminder_key
+        self.opened: list[OpenedLink] = []
+
+    def open(self, shopper: Shopper, tracker: Tracker, times: int) -> None:
+        """Open the shopper's last reminder's link ``times`` times (nothing if none came)."""
+        mine = [
+            e
+            for e in self._receiver.events
+            if e.get("eventTypeKey") == self._reminder_key and e.get("keyValue") == shopper.email
+        ]
+        if not mine:
+            return
+        event = mine[-1]
+        params = Receiver.params(event)
+        url = str(params.get("cart_url") or "")
+        prefix = f"{SHOP_URL}{LINK_PATH}"
+        if not url.startswith(prefix):
+            raise RuntimeError(f"{shopper.email}'s reminder has no recovery link: {url!r}")
+        token = url.removeprefix(prefix)
+        for _ in range(times):
+            now = tracker.clock()
+            opened = open_link(tracker.engine, tracker.settings, token, now)
+            if opened.cart_id != params.get("cart_id"):
+                wanted = params.get("cart_id")
+                raise RuntimeError(f"the link of cart {wanted!r} opened cart {opened.cart_id!r}")
+            self.opened.append(
+                OpenedLink(
+                    token=token,
+                    cart_id=opened.cart_id,
+                    step=int(params.get("step") or 0),
+                    cart=str(params.get("items")),
+                    at=now,
+                )
+            )
 
 
 @dataclasses.dataclass
@@ -386,17 +500,19 @@ def simulate(
 ) -> dict[str, int]:
     """Play ``n`` shoppers, then count from the database and the receiver; print and return.
 
-    Shoppers (profiles dealt in turn, shuffled by ``seed``) abandon their cart, buy before the
-    1-minute timeout, buy after the reminder arrives, change the cart after the reminder (a new
-    cart version, reminded again), buy while the reminder is queued but unsent (it is then
-    superseded), empty the cart, shop without an email (nothing can be sent), browse and leave
-    (an abandoned browse), browse then cart and buy (the browse is cancelled), browse
-    anonymously and sign in later (the views follow them), register or give up registering
-    (an unfinished registration after 2 minutes), reset their password, update their contact
-    data, see their order shipped, delivered or cancelled, or opt out of marketing (before
-    the timeout, or while a reminder is queued). With ``faults``, the receiver now and then
-    answers 500/503/429, refuses one request with a 400 (dead letters), and rejects the API key
-    for a minute (delivery pauses, then resumes).
+    Shoppers (profiles dealt in turn, shuffled by ``seed``) abandon their cart (reminded after
+    1, 3 and 6 minutes: :data:`CART_STEPS`), buy before the first reminder, buy after the first
+    or the second reminder arrives, open the recovery link in their reminder (once, or twice:
+    one click) and buy, or buy only after the next reminder, or leave, change the cart after the
+    reminder (a new cart version, reminded again from step 1), buy while the reminder is
+    queued but unsent (it is then superseded), empty the cart, shop without an email (nothing
+    can be sent), browse and leave (an abandoned browse), browse then cart and buy (the browse
+    is cancelled), browse anonymously and sign in later (the views follow them), register or
+    give up registering (an unfinished registration after 2 minutes), reset their password,
+    update their contact data, see their order shipped, delivered or cancelled, or opt out of
+    marketing (before the timeout, or while a reminder is queued). With ``faults``, the
+    receiver now and then answers 500/503/429, refuses one request with a 400 (dead letters),
+    and rejects the API key for a minute (delivery pauses, then resumes).
 
     Returned counts, all from the tables and ``receiver.requests``:
 
@@ -405,7 +521,8 @@ def simulate(
       ``suppressed``; they add up). For carts also, as before: ``converted``, ``cleared``,
       ``suppressed``, ``left_abandoned``, ``active``.
     - ``abandoned``: carts with at least one ``abandoned_cart`` outbox row; ``reminders``: those
-      rows (one per cart version); ``rearmed`` = ``reminders - abandoned``.
+      rows (one per cart version and step); ``rearmed`` = ``reminders - abandoned`` (later steps,
+      and changed carts reminded again).
     - ``orders``: outbox rows of the order-created event type.
     - ``<event type>.<measure>`` for every event type (``abandoned_browse.delivered`` …,
       ``orders_api.*`` for the Orders API): ``queued`` rows, ``delivered``, ``superseded``,
@@ -423,6 +540,12 @@ def simulate(
     - ``lost``: ``sent`` rows the receiver never accepted, plus rows in no known status, plus
       accepted events or orders whose body is no row's body at all. Every event is accounted
       for when ``enqueued == delivered + dead + superseded + pending`` and ``lost == 0``.
+    - ``recovery.<figure>`` from ``tracker.recovery_report`` over the whole run (the
+      abandoned-cart flow), and ``recovery.<figure>.seen`` the same figure counted from the
+      receiver's log and the links the shoppers opened (:func:`recovery_figures`):
+      ``delivered.step<n>``, ``clicks``, ``recovered``, ``recovered_clicked`` and
+      ``revenue.<currency>`` (in cents); ``recovery.links_opened``: every opening, repeats
+      included; ``recovery.disagree``: the figures whose two counts differ (0 when all agree).
     """
     if n < 1:
         raise ValueError("simulate needs at least one shopper")
@@ -440,15 +563,19 @@ def simulate(
             }
         )
         tracker = Tracker(settings, clock=clock)
+        links = Links(receiver, settings.abandoned_cart.event_type_key)
+        started = clock()
         try:
             tracker.migrate()
-            ticks = _play(tracker, receiver, clock, _shoppers(n, rng), rng, faults)
+            ticks = _play(tracker, receiver, clock, _shoppers(n, rng), rng, faults, links)
             counts = count(tracker, receiver)
+            figures = recovery_figures(tracker, receiver, links.opened, started, clock() + TICK)
         finally:
             tracker.shutdown()
             tracker.engine.dispose()
+    counts.update(_recovery_counts(figures, links.opened))
     if out is not None:
-        _print_table(out, n, seed, ticks, faults, counts)
+        _print_table(out, n, seed, ticks, faults, counts, figures)
     return counts
 
 
@@ -482,11 +609,16 @@ def _play(
     shoppers: list[Shopper],
     rng: random.Random,
     faults: bool,
+    links: Links,
 ) -> int:
     """Run ticks until every plan is done and nothing is left to scan or send; returns ticks."""
     running = [_Running(s) for s in shoppers]
     reminder_key = tracker.settings.abandoned_cart.event_type_key
+    settings = tracker.settings
+    flows = (settings.abandoned_cart, settings.abandoned_browse, settings.unfinished_registration)
+    longest = max(max(flow.delays) for flow in flows)
     injector = _Faults(receiver, rng)
+    quiet_since: datetime | None = None
     tick = 0
     for tick in range(1, MAX_TICKS + 1):
         clock.advance(TICK)
@@ -496,12 +628,15 @@ def _play(
             e.get("keyValue") for e in receiver.events if e.get("eventTypeKey") == reminder_key
         )
         for r in running:
-            _step(r, tracker, tick, "before", reminded)
+            _step(r, tracker, tick, "before", reminded, links)
         tracker.scan()
         for r in running:
-            _step(r, tracker, tick, "after", reminded)
+            _step(r, tracker, tick, "after", reminded, links)
         tracker.dispatch()
-        if all(r.done for r in running) and _settled(tracker):
+        if quiet_since is None and all(r.done for r in running):
+            quiet_since = clock()
+        # Once the shoppers are done, every later step is due within the longest delay.
+        if quiet_since is not None and clock() - quiet_since >= longest and _settled(tracker):
             break
     return tick
 
@@ -540,7 +675,12 @@ class _Faults:
 
 
 def _step(
-    r: _Running, tracker: Tracker, tick: int, phase: str, reminded: collections.Counter[object]
+    r: _Running,
+    tracker: Tracker,
+    tick: int,
+    phase: str,
+    reminded: collections.Counter[object],
+    links: Links,
 ) -> None:
     s = r.shopper
     if r.done or tick < s.start_tick:
@@ -550,7 +690,11 @@ def _step(
             return
         r.plan = PROFILES[s.profile](s, tracker)
         _next(r, tick)
-    while not r.done and r.waiting is not None and _ready(r, tracker, tick, phase, reminded):
+    while not r.done and r.waiting is not None:
+        if isinstance(r.waiting, OpenLink):
+            links.open(s, tracker, r.waiting.times)
+        elif not _ready(r, tracker, tick, phase, reminded):
+            return
         _next(r, tick)
 
 
@@ -583,7 +727,8 @@ def _ready(
 
 
 def _settled(tracker: Tracker) -> bool:
-    """Nothing left to send, and no cart, browse or registration still waiting to come due."""
+    """Nothing left to send, and no cart, browse or registration still waiting to come due
+    (later steps: see the caller)."""
     with tracker.engine.connect() as conn:
         by_status = outbox.summarize(conn).by_status
         active = sum(
@@ -737,6 +882,156 @@ def count(tracker: Tracker, receiver: Receiver) -> dict[str, int]:
     return counts
 
 
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One recovery figure: from the database's report, and counted independently."""
+
+    key: str
+    """Its name in the counts (``delivered.step1``, ``clicks``, ``revenue.EUR`` …)."""
+    label: str
+    report: int | Decimal
+    """From ``tracker.recovery_report``."""
+    seen: int | Decimal
+    """From the receiver's log and the links the shoppers opened."""
+
+    @property
+    def agrees(self) -> bool:
+        """Whether both counts are the same."""
+        return self.report == self.seen
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reminder:
+    at: datetime
+    event_type: str
+    email: str
+    cart_id: str
+    step: int
+    cart: str
+
+
+def recovery_figures(
+    tracker: Tracker,
+    receiver: Receiver,
+    opened: list[OpenedLink],
+    since: datetime,
+    until: datetime,
+) -> list[Figure]:
+    """The abandoned-cart flow's recovery figures over ``[since, until)``: from the database's
+    report, and counted again from what the receiver accepted (reminders, orders, and when)
+    and the links the shoppers opened, by the rules of attribution.
+
+    An order is recovered when its contact got a reminder (of any flow) at most
+    ``recovery.attribution_window`` before it; it is credited to the last one, and clicked when
+    a link of that reminder's sequence (its cart, at the same contents) was opened before it.
+    The receiver's time of an order is when it was accepted, which a retry may make later than
+    when it was placed; no reminder of the contact arrives in between, since the order
+    supersedes those still queued.
+    """
+    settings = tracker.settings
+    report = tracker.recovery_report(since=since, until=until).cart
+    cart_key = settings.abandoned_cart.event_type_key
+    reminder_keys = {
+        cart_key,
+        settings.abandoned_browse.event_type_key,
+        settings.unfinished_registration.event_type_key,
+    }
+    order_key = settings.orders.event_type_key
+    window = settings.recovery.attribution_window
+
+    first_seen: dict[bytes, tuple[datetime, dict[str, Any]]] = {}
+    for q in receiver.requests:
+        accepted = 200 <= q.status < 300 and q.method == "POST" and isinstance(q.json, dict)
+        if accepted and "eventTypeKey" in q.json and q.raw not in first_seen:
+            first_seen[q.raw] = (q.time, q.json)  # a resent event counts once, when first accepted
+    reminders: list[_Reminder] = []
+    orders: dict[str, tuple[datetime, str, Decimal, str]] = {}
+    for at, event in first_seen.values():
+        kind, params = event.get("eventTypeKey"), Receiver.params(event)
+        if kind in reminder_keys:
+            reminders.append(
+                _Reminder(
+                    at=at,
+                    event_type=str(kind),
+                    email=str(event.get("keyValue")),
+                    cart_id=str(params.get("cart_id")),
+                    step=int(params.get("step") or 1),
+                    cart=str(params.get("items")),
+                )
+            )
+        elif kind == order_key:
+            orders.setdefault(
+                str(params.get("order_id")),
+                (
+                    at,
+                    str(event.get("keyValue")),
+                    Decimal(str(params.get("total"))),
+                    str(params.get("currency") or NO_CURRENCY),
+                ),
+            )
+
+    delivered = collections.Counter(
+        r.step for r in reminders if r.event_type == cart_key and since <= r.at < until
+    )
+    clicks = len({o.token for o in opened if since <= o.at < until})
+    recovered = recovered_clicked = 0
+    revenue: dict[str, Decimal] = {}
+    for at, email, total, currency in orders.values():
+        before = [r for r in reminders if r.email == email and at - window <= r.at <= at]
+        if not before or not since <= at < until:
+            continue
+        last = max(before, key=lambda r: (r.at, r.step))
+        if last.event_type != cart_key:
+            continue
+        recovered += 1
+        recovered_clicked += any(
+            o.cart_id == last.cart_id and o.cart == last.cart and o.at <= at for o in opened
+        )
+        revenue[currency] = revenue.get(currency, Decimal(0)) + total
+
+    steps = range(1, len(settings.abandoned_cart.delays) + 1)
+    figures = [
+        Figure(
+            f"delivered.step{n}",
+            f"step {n} delivered",
+            report.reminders_delivered.get(n, 0),
+            delivered[n],
+        )
+        for n in steps
+    ]
+    figures += [
+        Figure("clicks", "clicks (links opened)", report.clicks, clicks),
+        Figure("recovered", "recovered orders", report.recovered_orders, recovered),
+        Figure("recovered_clicked", "  after a click", report.recovered_clicked, recovered_clicked),
+    ]
+    for currency in sorted(revenue.keys() | report.recovered_revenue.keys()):
+        figures.append(
+            Figure(
+                f"revenue.{currency}",
+                f"revenue {currency}",
+                report.recovered_revenue.get(currency, Decimal(0)),
+                revenue.get(currency, Decimal(0)),
+            )
+        )
+    return figures
+
+
+def _cents(amount: int | Decimal) -> int:
+    return int((Decimal(amount) * 100).to_integral_value())
+
+
+def _recovery_counts(figures: list[Figure], opened: list[OpenedLink]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for figure in figures:
+        money = figure.key.startswith("revenue.")
+        value = _cents if money else int
+        counts[f"recovery.{figure.key}"] = value(figure.report)
+        counts[f"recovery.{figure.key}.seen"] = value(figure.seen)
+    counts["recovery.links_opened"] = len(opened)
+    counts["recovery.disagree"] = sum(not figure.agrees for figure in figures)
+    return counts
+
+
 def types_in(counts: dict[str, int]) -> list[str]:
     """The event types a count of :func:`count` has numbers for, in its order."""
     return [key.removesuffix(".queued") for key in counts if key.endswith(".queued")]
@@ -746,7 +1041,13 @@ _STATES = ("active", "abandoned", "converted", "cleared", "completed", "suppress
 
 
 def _print_table(
-    out: TextIO, n: int, seed: int, ticks: int, faults: bool, counts: dict[str, int]
+    out: TextIO,
+    n: int,
+    seed: int,
+    ticks: int,
+    faults: bool,
+    counts: dict[str, int],
+    figures: list[Figure],
 ) -> None:
     minutes, seconds = divmod(int((TICK * ticks).total_seconds()), 60)
     elapsed = f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
@@ -757,7 +1058,8 @@ def _print_table(
             " (400) and reject the API key for a minute"
         )
     types = types_in(counts)
-    width = max(len(t) for t in [*types, "registrations", "all events"])
+    labels = [f.label for f in figures]
+    width = max(len(t) for t in [*types, *labels, "registrations", "all events"])
 
     def row(label: str, values: Iterable[object]) -> str:
         return f"  {label:<{width}}" + "".join(f"{v!s:>11}" for v in values)
@@ -783,6 +1085,23 @@ def _print_table(
     lines.append(
         f"  {counts['enqueued']} enqueued = {balance} delivered + dead + superseded + pending;"
         f" lost {counts['lost']} (sent but never received, or unexplained): {verdict}"
+    )
+    lines.append("")
+    lines.append(row("recovery", ("report", "seen", "")))
+    for figure in figures:
+        check = "" if figure.agrees else "DIFFERS"
+        lines.append(row(figure.label, (figure.report, figure.seen, check)))
+    steps = ", ".join(CART_STEPS)
+    lines.append(
+        f"  abandoned carts reminded after {steps} with recovery links; report: the database's"
+        " (tracker.recovery_report); seen: counted from the receiver's log and the"
+        f" {counts['recovery.links_opened']} links the shoppers opened"
+    )
+    disagree = [f.label.strip() for f in figures if not f.agrees]
+    lines.append(
+        "  every recovery figure agrees"
+        if not disagree
+        else "  RECOVERY FIGURES DIFFER: " + ", ".join(disagree)
     )
     _write(out, lines)
 

@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # settings are passed in; payload never loads them
     from ..config import Settings
 
 Body = dict[str, Any]
+STEP_PARAM = "step"
+"""The param a reminder carries its step number in (``"1"``, ``"2"`` …)."""
+
 Param = tuple[str, Any]
 """A param as ``(name, value)``; a dict or list value is nested JSON."""
 

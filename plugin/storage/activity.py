@@ -11,11 +11,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Table, and_, func, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Table,
+    and_,
+    func,
+    literal_column,
+    select,
+    update,
+)
 
 from .engines import delete_some, update_returning
 from .enums import FINISHED_STATES, FlowState, SkipReason, Subject
-from .tables import browses, carts, registrations
+from .tables import ABANDONED, browses, carts, registrations
 
 Row = Any
 """A row of one of the three tables (``state``, ``version``, ``last_activity_at`` …)."""
@@ -44,27 +54,28 @@ def key_of(subject: Subject, row: Row) -> str:
     return str(row._mapping[key.name])
 
 
-def _due(table: Table, now: datetime, after: Any) -> ColumnElement[bool]:
-    return and_(
-        table.c.state == FlowState.ACTIVE.value,
-        table.c.last_activity_at <= now - after,
-    )
+def _due(table: Table, now: datetime, after: Any, step: int) -> ColumnElement[bool]:
+    if step == 1:
+        stage = table.c.state == FlowState.ACTIVE.value
+    else:  # the literal, so that the partial index of abandoned rows serves it
+        stage = and_(table.c.state == literal_column(ABANDONED), table.c.step == step - 1)
+    return and_(stage, table.c.last_activity_at <= now - after)
 
 
 def take_due(
-    conn: Connection, subject: Subject, now: datetime, after: Any, limit: int
+    conn: Connection, subject: Subject, now: datetime, after: Any, limit: int, step: int = 1
 ) -> list[Row]:
-    """Move up to ``limit`` rows idle for ``after`` from ``active`` to ``abandoned``; the rows.
+    """Take up to ``limit`` rows whose reminder ``step`` is due (idle for ``after``); the rows.
 
-    One conditional ``UPDATE … RETURNING`` over a locked batch: two scanners racing never take
-    the same row, and a row touched meanwhile is not due any more.
+    Step 1 moves ``active`` rows to ``abandoned``; a later step takes ``abandoned`` rows whose
+    step before it was queued. One conditional ``UPDATE … RETURNING`` over a locked batch: two
+    scanners racing never take the same row, and a row touched meanwhile is not due any more.
     """
     table, key = _table(subject)
-    due = _due(table, now, after)
+    due = _due(table, now, after, step)
     batch = select(key).where(due).order_by(table.c.last_activity_at).limit(limit)
-    return update_returning(
-        conn, table, due, {"state": FlowState.ABANDONED.value}, list(table.c), batch=batch
-    )
+    values = {"state": FlowState.ABANDONED.value, "step": step}
+    return update_returning(conn, table, due, values, list(table.c), batch=batch)
 
 
 def set_outcome(

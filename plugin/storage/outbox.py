@@ -55,6 +55,7 @@ class Claimed:
     subject_type: str | None
     subject_id: str | None
     subject_version: int | None
+    dedupe_key: str = ""
 
 
 def enqueue(conn: Connection, events: Sequence[NewEvent], now: datetime) -> int:
@@ -90,6 +91,7 @@ _CLAIMED_COLUMNS = (
     outbox.c.subject_type,
     outbox.c.subject_id,
     outbox.c.subject_version,
+    outbox.c.dedupe_key,
 )
 
 
@@ -205,6 +207,7 @@ def _claim_where(
             subject_type=r.subject_type,
             subject_id=r.subject_id,
             subject_version=r.subject_version,
+            dedupe_key=r.dedupe_key,
         )
         for r in rows
     ]

@@ -1,6 +1,7 @@
 """The plugin's own tables (prefix ``shop_events_``) on their own ``MetaData``.
 
-Each index serves one query: ``ix_shop_events_carts_due`` the abandonment scan,
+Each index serves one query: ``ix_shop_events_carts_due`` the abandonment scan (``…_next_step``
+its later reminder steps, over the abandoned rows only),
 ``ix_shop_events_outbox_due`` and ``ix_shop_events_outbox_lease`` the dispatcher's claim,
 ``ix_shop_events_outbox_subject`` superseding a cart's queued events.
 
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeEngine
@@ -41,6 +43,15 @@ MYSQL_TABLE: dict[str, Any] = {
     for option, value in (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
 }
 """Options of every table on MySQL and MariaDB (their dialects read their own prefix)."""
+
+ABANDONED = "'abandoned'"
+"""The ``abandoned`` state as SQL text: a partial index is used only by a query naming the same
+literal (a bound parameter cannot be proven to match it)."""
+ABANDONED_ONLY: dict[str, Any] = {
+    f"{dialect}_where": text(f"state = {ABANDONED}") for dialect in ("postgresql", "sqlite")
+}
+"""Index only the rows waiting for a later reminder step (MySQL, which has no partial
+indexes, indexes every row)."""
 
 metadata = MetaData(
     naming_convention={
@@ -89,9 +100,11 @@ carts = Table(
     Column("version", Integer, nullable=False),
     Column("state", String(16), nullable=False),
     Column("skip_reason", String(32), nullable=True),
+    Column("step", Integer, nullable=False, default=0, server_default="0"),
     Column("last_activity_at", UTCDateTime, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_shop_events_carts_due", "state", "last_activity_at"),
+    Index("ix_shop_events_carts_next_step", "step", "last_activity_at", **ABANDONED_ONLY),
     Index("ix_shop_events_carts_email", "email"),
     Index("ix_shop_events_carts_visitor", "visitor_id"),
     **MYSQL_TABLE,
@@ -107,9 +120,11 @@ browses = Table(
     Column("version", Integer, nullable=False),
     Column("state", String(16), nullable=False),
     Column("skip_reason", String(32), nullable=True),
+    Column("step", Integer, nullable=False, default=0, server_default="0"),
     Column("started_at", UTCDateTime, nullable=False),
     Column("last_activity_at", UTCDateTime, nullable=False),
     Index("ix_shop_events_browses_due", "state", "last_activity_at"),
+    Index("ix_shop_events_browses_next_step", "step", "last_activity_at", **ABANDONED_ONLY),
     Index("ix_shop_events_browses_email", "email"),
     **MYSQL_TABLE,
 )
@@ -123,8 +138,10 @@ registrations = Table(
     Column("version", Integer, nullable=False),
     Column("state", String(16), nullable=False),
     Column("skip_reason", String(32), nullable=True),
+    Column("step", Integer, nullable=False, default=0, server_default="0"),
     Column("last_activity_at", UTCDateTime, nullable=False),
     Index("ix_shop_events_registrations_due", "state", "last_activity_at"),
+    Index("ix_shop_events_registrations_next_step", "step", "last_activity_at", **ABANDONED_ONLY),
     **MYSQL_TABLE,
 )
 
@@ -257,3 +274,52 @@ kept_captures = Table(
 """Captures that could not complete (an order whose total could not be read yet …), kept to
 be tried again at the next commit that touches them; keyed by the model's table and the row's
 key (JSON)."""
+
+reminders = Table(
+    "shop_events_reminders",
+    metadata,
+    Column("dedupe_key", String(500), primary_key=True),
+    Column("flow", String(32), nullable=False),
+    Column("event_type_key", String(100), nullable=False),
+    Column("subject_id", String(300), nullable=False),
+    Column("subject_version", Integer, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("email", String(254), nullable=False),
+    Column("items", LongText, nullable=True),
+    Column("coupon", String(100), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("first_click_at", UTCDateTime, nullable=True),
+    Column("clicks", Integer, nullable=False, default=0),
+    Index("ix_shop_events_reminders_email", "email", "delivered_at"),
+    Index("ix_shop_events_reminders_subject", "subject_id", "delivered_at"),
+    Index("ix_shop_events_reminders_created", "created_at"),
+    Index("ix_shop_events_reminders_delivered", "delivered_at"),
+    Index("ix_shop_events_reminders_clicked", "first_click_at"),
+    **MYSQL_TABLE,
+)
+"""Every reminder queued (one per flow, subject, version and step; keyed like its outbox row),
+when it was delivered and its link first opened: what attribution and the recovery report
+read, kept apart from the outbox so that its retention does not erase them. A cart's reminder
+keeps the cart as the email showed it (``items``), to restore it on another device."""
+
+recoveries = Table(
+    "shop_events_recoveries",
+    metadata,
+    Column("order_id", String(255), primary_key=True),
+    Column("reminder_key", String(500), nullable=False),
+    Column("flow", String(32), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("email", String(254), nullable=False),
+    Column("cart_id", String(255), nullable=True),
+    Column("revenue", String(40), nullable=False),
+    Column("currency", String(3), nullable=True),
+    Column("reminded_at", UTCDateTime, nullable=False),
+    Column("ordered_at", UTCDateTime, nullable=False),
+    Column("clicked", Boolean, nullable=False),
+    Index("ix_shop_events_recoveries_ordered", "ordered_at"),
+    **MYSQL_TABLE,
+)
+"""Orders credited to a reminder: placed by its contact (or for its cart) within
+``recovery.attribution_window`` after it was delivered; once per order, to the last one.
+``revenue`` is the order's total as exact decimal text."""

@@ -80,6 +80,10 @@ def decoded(event: dict[str, Any], version: str = "v1") -> dict[str, Any]:
     return {"eventTypeKey": event["eventTypeKey"], "keyValue": event["keyValue"], "params": params}
 
 
+STEP_1 = ("step", "1")
+"""The param every reminder of a one-step flow ends with."""
+
+
 def expected(key: str, email: str, *params: tuple[str, Any]) -> dict[str, Any]:
     return {"eventTypeKey": key, "keyValue": email, "params": list(params)}
 
@@ -172,11 +176,13 @@ def test_browse_collapses_repeats_most_recent_first_capped_and_sent_at_the_timeo
     [request] = receiver.requests
     assert request.path == "/api/v1/event"
     [event] = receiver.events
-    assert decoded(event) == expected("abandoned_browse", ANN, ("email", ANN), items_of(4, 3, 1))
+    assert decoded(event) == expected(
+        "abandoned_browse", ANN, ("email", ANN), items_of(4, 3, 1), STEP_1
+    )
     # the field order inside an item is the cart format's (the seed's)
     assert list(Receiver.items(event)[0]) == list(sent_item(4))
     [row] = outbox_rows(tracker)
-    assert (row.dedupe_key, row.status) == (f"abandoned_browse:e:{ANN}:1", "sent")
+    assert (row.dedupe_key, row.status) == (f"abandoned_browse:e:{ANN}:1:1", "sent")
     assert_exact_bytes(tracker, receiver)
 
 
@@ -192,7 +198,7 @@ def test_every_view_restarts_the_browse_timer(
     assert tracker.scan().abandoned == 1
     tracker.dispatch()
     [event] = receiver.events
-    assert decoded(event)["params"] == [("email", ANN), items_of(2, 1)]
+    assert decoded(event)["params"] == [("email", ANN), items_of(2, 1), STEP_1]
 
 
 def test_browse_items_are_real_json_in_v2(
@@ -208,6 +214,7 @@ def test_browse_items_are_real_json_in_v2(
     assert decoded(receiver.events[0], "v2")["params"] == [
         ("email", ANN),
         ("items", {"array": [sent_item(1, quantity="2")]}),
+        STEP_1,
     ]
 
 
@@ -294,7 +301,9 @@ def test_anonymous_views_follow_the_shopper_on_identify(
     assert tracker.scan().abandoned == 1
     tracker.dispatch()
     [event] = receiver.events
-    assert decoded(event) == expected("abandoned_browse", ANN, ("email", ANN), items_of(3, 2, 1))
+    assert decoded(event) == expected(
+        "abandoned_browse", ANN, ("email", ANN), items_of(3, 2, 1), STEP_1
+    )
 
 
 def test_anonymous_browse_identified_after_its_timeout_is_sent_at_the_next_scan(
@@ -310,7 +319,7 @@ def test_anonymous_browse_identified_after_its_timeout_is_sent_at_the_next_scan(
     assert tracker.scan().abandoned == 1
     tracker.dispatch()
     [event] = receiver.events
-    assert decoded(event) == expected("abandoned_browse", ANN, ("email", ANN), items_of(1))
+    assert decoded(event) == expected("abandoned_browse", ANN, ("email", ANN), items_of(1), STEP_1)
 
 
 def test_a_view_carrying_both_ids_links_the_visitor(
@@ -324,7 +333,7 @@ def test_a_view_carrying_both_ids_links_the_visitor(
     tracker.scan()
     tracker.dispatch()
     [event] = receiver.events
-    assert decoded(event)["params"] == [("email", ANN), items_of(2, 1)]
+    assert decoded(event)["params"] == [("email", ANN), items_of(2, 1), STEP_1]
 
 
 def test_a_cart_carrying_both_ids_links_the_visitor_and_cancels_the_browse(
@@ -371,12 +380,12 @@ def test_a_new_view_after_a_browse_reminder_is_a_new_version(
     assert tracker.scan().abandoned == 1
     tracker.dispatch()
     assert [decoded(e)["params"] for e in receiver.events] == [
-        [("email", ANN), items_of(1)],
-        [("email", ANN), items_of(2)],  # a new browse: only what was seen since
+        [("email", ANN), items_of(1), STEP_1],
+        [("email", ANN), items_of(2), STEP_1],  # a new browse: only what was seen since
     ]
     assert [r.dedupe_key for r in outbox_rows(tracker)] == [
-        f"abandoned_browse:e:{ANN}:1",
-        f"abandoned_browse:e:{ANN}:2",
+        f"abandoned_browse:e:{ANN}:1:1",
+        f"abandoned_browse:e:{ANN}:2:1",
     ]
 
 
@@ -416,9 +425,10 @@ def test_unfinished_registration_is_sent_once_at_the_timeout_with_its_params(
         ("email", ANN),
         ("source", "checkout"),
         ("first_name", "Ann"),
+        STEP_1,
     )
     [row] = outbox_rows(tracker)
-    assert row.dedupe_key == f"unfinished_registration:{ANN}:1"
+    assert row.dedupe_key == f"unfinished_registration:{ANN}:1:1"
     assert_exact_bytes(tracker, receiver)
 
 
@@ -960,22 +970,24 @@ def test_registration_reminders_are_capped_per_contact(
     make_tracker: TrackerFactory, receiver: Receiver, clock: FrozenDateTimeFactory
 ) -> None:
     tracker = make_tracker(unfinished_registration={"contact_interval": "72h"})
-    tracker.registration_started(ANN, params={"step": "1"})
+    tracker.registration_started(ANN, params={"attempt": "1"})
     clock.tick(DAY)
     assert tracker.scan().abandoned == 1
     tracker.dispatch()
-    tracker.registration_started(ANN, params={"step": "2"})  # a new attempt: a new version
+    tracker.registration_started(ANN, params={"attempt": "2"})  # a new attempt: a new version
     clock.tick(DAY)
     assert tracker.scan().suppressed == 1
     assert row_of(tracker, registrations, email=ANN).skip_reason == "capped"
-    tracker.registration_started(ANN, params={"step": "3"})  # at START + 48h, due at START + 72h …
+    tracker.registration_started(
+        ANN, params={"attempt": "3"}
+    )  # at START + 48h, due at START + 72h …
     clock.tick(DAY)
     assert tracker.scan().suppressed == 1  # … 48h after the first reminder: still capped
-    tracker.registration_started(ANN, params={"step": "4"})
+    tracker.registration_started(ANN, params={"attempt": "4"})
     clock.tick(DAY)  # 72h after the first reminder
     assert tracker.scan().abandoned == 1
     tracker.dispatch()
-    assert sorted(Receiver.params(e)["step"] for e in receiver.events) == ["1", "4"]
+    assert sorted(Receiver.params(e)["attempt"] for e in receiver.events) == ["1", "4"]
 
 
 def test_caps_are_per_flow(

@@ -112,6 +112,7 @@ def test_idle_cart_is_sent_once_after_the_timeout_in_the_seeds_format(
         "total": "2682",
         "currency": "EUR",
         "cart_url": "https://shop.example/cart/42",
+        "step": "1",
     }
     [row] = rows(tracker)
     assert (row.status, row.attempts, row.response_status) == ("sent", 1, 200)
@@ -278,8 +279,8 @@ def test_cart_changed_after_its_reminder_is_a_new_version(
         1,
     ]
     assert {r.dedupe_key for r in rows(tracker)} == {
-        "abandoned_cart:cart-42:1",
-        "abandoned_cart:cart-42:2",
+        "abandoned_cart:cart-42:1:1",
+        "abandoned_cart:cart-42:2:1",
     }
 
 

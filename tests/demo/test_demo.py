@@ -12,13 +12,20 @@ from typing import Any
 
 import pytest
 import requests
-from flask import Flask
+from flask import Flask, get_flashed_messages, session
 from flask.testing import FlaskClient
 from freezegun import freeze_time
 from shop_events import Settings, Tracker
 from shop_events.demo import catalog
 from shop_events.demo.run import Demo, run_demo
-from shop_events.demo.shop import Order, create_shop, shop_state, tracker_of
+from shop_events.demo.shop import (
+    OPERATOR_PAGES,
+    Order,
+    create_shop,
+    restore_cart,
+    shop_state,
+    tracker_of,
+)
 from shop_events.demo.simulate import simulate, types_in
 from shop_events.storage.tables import carts, metadata, outbox
 from shop_events.testing import Receiver
@@ -26,6 +33,9 @@ from sqlalchemy import func, select
 
 KEY = "demo-test-key"
 START = "2024-03-01 10:00:00"
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+SHOP_ROOT = "http://localhost"
+"""The shop's public URL: the test client's own root."""
 
 
 @pytest.fixture
@@ -44,7 +54,9 @@ def shop(receiver: Receiver, tmp_path: Path) -> Iterator[Flask]:
             "scheduler": {"enabled": False},
         }
     )
-    app = create_shop(settings, receiver_url=f"http://127.0.0.1:{receiver.port}/")
+    app = create_shop(
+        settings, public_url=SHOP_ROOT, receiver_url=f"http://127.0.0.1:{receiver.port}/"
+    )
     app.testing = True
     tracker = tracker_of(app)
     tracker.migrate()
@@ -92,7 +104,8 @@ def test_idle_cart_with_email_becomes_one_abandoned_cart_event(
     assert event["keyValue"] == "ann@example.com"
     params = Receiver.params(event)
     assert params["email"] == "ann@example.com"
-    assert params["cart_url"] == f"http://localhost/cart/restore/{cart.cart_id}"
+    link = params["cart_url"]
+    assert link.startswith(f"{SHOP_ROOT}/shop-events/r/")  # a recovery link
     items = Receiver.items(event)
     hair_styler, shampoo = catalog.get(1), catalog.get(3)
     assert hair_styler is not None and shampoo is not None
@@ -113,15 +126,86 @@ def test_idle_cart_with_email_becomes_one_abandoned_cart_event(
     assert receiver.requests[0].headers["Content-Type"].startswith("application/json")
     assert [row.status for row in outbox_rows(tracker)] == ["sent"]
 
-    # The link in the reminder brings a new browser back to that cart.
+    # The link in the reminder brings a new browser back to that cart (before it expires).
     other = shop.test_client()
-    assert other.get(f"/cart/restore/{cart.cart_id}").status_code == 302
-    page = other.get("/cart").get_data(as_text=True)
+    with freeze_time(START, tick=True):  # the session cookie is dated too
+        opened = other.get(link.removeprefix(SHOP_ROOT), headers={"User-Agent": BROWSER})
+        assert (opened.status_code, opened.location) == (303, "/cart")
+        page = other.get("/cart").get_data(as_text=True)
     assert "Bond shampoo" in page and cart.cart_id in page
+    assert "Welcome back! Here is your cart." in page
+    # The shop's own restore URL, where a link leads without the callback, does too.
+    third = shop.test_client()
+    assert third.get(f"/cart/restore/{cart.cart_id}").status_code == 302
+    assert cart.cart_id in third.get("/cart").get_data(as_text=True)
 
     # The receiver's history page shows the cart's products.
     history = requests.get(f"http://127.0.0.1:{receiver.port}/", timeout=5).text
     assert "abandoned_cart" in history and "<th>tags_oldprice</th>" in history
+
+
+def reminder_link(shop: Flask, receiver: Receiver, frozen: Any, client: FlaskClient) -> str:
+    """Products in ``client``'s cart with an email, left alone past ``after``: the path of the
+    reminder's recovery link."""
+    tracker = tracker_of(shop)
+    add(client, 2)
+    add(client, 9, quantity=3)
+    client.post("/cart/email", data={"email": "ida@example.com"})
+    frozen.tick(timedelta(minutes=2))
+    assert tracker.scan().abandoned == 1
+    tracker.dispatch()
+    [event] = [e for e in receiver.events if e["eventTypeKey"] == "abandoned_cart"]
+    link: str = Receiver.params(event)["cart_url"]
+    assert link.startswith(f"{SHOP_ROOT}/shop-events/r/")
+    return link.removeprefix(SHOP_ROOT)
+
+
+def test_a_link_to_a_bought_cart_rebuilds_it_from_the_reminders_products(
+    shop: Flask, receiver: Receiver
+) -> None:
+    tracker = tracker_of(shop)
+    first = shop.test_client()
+    with freeze_time(START, tick=True) as frozen:
+        path = reminder_link(shop, receiver, frozen, first)
+        assert first.post("/checkout", data={"email": "ida@example.com"}).status_code == 200
+        other = shop.test_client()
+        opened = other.get(path, headers={"User-Agent": BROWSER})
+        assert (opened.status_code, opened.location) == (303, "/cart")
+        page = other.get("/cart").get_data(as_text=True)
+    assert "We put the products of your cart back in it." in page
+    assert "Magnolia Nobile" in page and "Clay mask" in page
+    assert 'name="qty_9" value="3"' in page
+    assert 'value="ida@example.com"' in page  # the same contact, so it can be reminded again
+    rows = {row.cart_id: row for row in cart_rows(tracker)}
+    assert len(rows) == 2  # the bought cart and the rebuilt one
+    [rebuilt] = [row for row in rows.values() if row.state == "active"]
+    assert rebuilt.email == "ida@example.com"
+    assert [i["name"] for i in json.loads(rebuilt.items)] == ["Magnolia Nobile", "Clay mask"]
+
+
+def test_a_link_whose_products_left_the_catalog_says_the_cart_is_gone(shop: Flask) -> None:
+    with shop.test_request_context("/shop-events/r/x"):
+        response = restore_cart("c-gone", [{"name": "Old thing", "sku": "SKU-9999"}])
+        assert (response.status_code, response.location) == (303, "/cart")
+        assert "cart_id" not in session
+        assert get_flashed_messages() == ["That cart is no longer available."]
+
+
+def test_operator_pages_are_open_to_the_local_visitor_only(shop: Flask) -> None:
+    client = shop.test_client()
+    index = client.get("/").get_data(as_text=True)
+    assert 'id="operator-pages"' in index
+    for label, path in OPERATOR_PAGES:
+        assert f'<a href="{path}">{label}</a>' in index
+        assert client.get(path).status_code == 200, path
+    assert client.get("/shop-events/admin/", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+
+    remote = {"REMOTE_ADDR": "192.0.2.7"}
+    assert client.get("/shop-events/admin/", environ_base=remote).status_code == 403
+    assert 'id="operator-pages"' not in client.get("/", environ_base=remote).get_data(as_text=True)
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
+        proxied = client.get("/shop-events/admin/health", headers={header: "203.0.113.9"})
+        assert proxied.status_code == 403, header
 
 
 def test_cart_without_email_is_not_emitted(shop: Flask, receiver: Receiver) -> None:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from shop_events import Item, Settings, Tracker, ValidationError
-from shop_events.abandonment.flows import flows
+from shop_events.abandonment.flows import Step, flows
 from shop_events.capture.accounts import AccountHooks
 from shop_events.capture.browse import BrowseHooks
 from shop_events.capture.carts import CartHooks
@@ -642,7 +642,7 @@ def check_deferred_events(tracker: Tracker, nested: set[str]) -> None:
             table = metadata.tables[f"shop_events_{FLOW_TABLES[flow.subject]}"]
             for row in conn.execute(select(table)):
                 if flow.contact(row):
-                    event = flow.event(row)
+                    event = flow.event(row, Step(number=1, now=dt.datetime.now(dt.UTC)))
                     check_event_body(
                         event.body, settings.api.max_event_bytes, settings.api.version, nested
                     )

@@ -24,7 +24,7 @@ from shop_events.storage.migrate import (
     upgrade,
 )
 from shop_events.storage.tables import metadata
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from tests.support import REPO
 
@@ -75,6 +75,27 @@ def test_downgrade_to_base_removes_the_tables(engine: Engine) -> None:
     assert not set(inspect(engine).get_table_names()) & PLUGIN_TABLES
     upgrade(engine)  # and back up again
     assert set(inspect(engine).get_table_names()) >= PLUGIN_TABLES
+
+
+def test_carts_already_reminded_before_steps_are_not_reminded_again(engine: Engine) -> None:
+    """0005 adds the reminder step: a row abandoned before it has sent its one step."""
+    upgrade(engine)
+    downgrade(engine, "0004")
+    now = "2026-11-20 10:00:00"
+    with engine.begin() as conn:
+        for cart_id, state in (("sent", "abandoned"), ("waiting", "active")):
+            conn.execute(
+                text(
+                    "INSERT INTO shop_events_carts (cart_id, email, items, content_hash, version,"
+                    " state, last_activity_at, created_at) VALUES (:id, 'a@example.com', '[]',"
+                    " 'h', 1, :state, :now, :now)"
+                ),
+                {"id": cart_id, "state": state, "now": now},
+            )
+    upgrade(engine)
+    with engine.connect() as conn:
+        steps = dict(conn.execute(text("SELECT cart_id, step FROM shop_events_carts")).all())
+    assert steps == {"sent": 1, "waiting": 0}
 
 
 def test_own_version_table_leaves_the_hosts_alone(engine: Engine) -> None:

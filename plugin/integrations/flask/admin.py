@@ -49,7 +49,7 @@ MAX_TEMPLATE_CHARS = 200_000
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _admin(view: F) -> F:
+def operator_page(view: F) -> F:
     """Operator pages: 404 while no access check is configured, 403 when it says no."""
 
     @wraps(view)
@@ -116,13 +116,15 @@ def _missing_tables() -> str | None:
     if why is None:
         return None
     tracker.check_tables()  # the log's one line, as at the first request
-    return _render("missing.html", database=tracker.database, why=why)
+    return render_page("missing.html", database=tracker.database, why=why)
 
 
 # ------------------------------------------------------------------------- rendering
 
 
-def _render(template: str, **context: Any) -> str:
+def render_page(template: str, **context: Any) -> str:
+    """Render an operator page's template with what base.html needs (CSRF token, messages,
+    formatters, now)."""
     return render_template(
         f"shop_events/{template}",
         csrf_token=csrf_token(),
@@ -230,7 +232,7 @@ def _text(value: Any) -> str:
 
 
 @blueprint.get("/admin/")
-@_admin
+@operator_page
 def admin_events() -> str:
     """Event history: newest first, filtered by type, status, email and creation time."""
     state = web_state()
@@ -263,7 +265,7 @@ def admin_events() -> str:
     param = state.tracker.settings.items.param
     entries = [{"row": row, "products": len(_items_of(row.body, param) or [])} for row in rows]
     filters = {k: args.get(k, "") for k in ("type", "status", "email", "since", "until")}
-    return _render(
+    return render_page(
         "events.html",
         entries=entries,
         types=types,
@@ -307,18 +309,18 @@ def _event_page(event_id: int, **extra: Any) -> str:
             params.append((name, _text(value)))
     extra.setdefault("template_text", "")
     extra.setdefault("json_param", settings.items.param)
-    return _render("event.html", row=row, params=params, tables=tables, pretty=pretty, **extra)
+    return render_page("event.html", row=row, params=params, tables=tables, pretty=pretty, **extra)
 
 
 @blueprint.get("/admin/events/<int:event_id>")
-@_admin
+@operator_page
 def admin_event(event_id: int) -> str:
     """One event: what was sent, its products, the platform's answer, attempts."""
     return _event_page(event_id)
 
 
 @blueprint.post("/admin/events/<int:event_id>/preview")
-@_admin
+@operator_page
 def admin_preview(event_id: int) -> str:
     """Render an email template with this event, as the platform's email block would."""
     from ...preview import PreviewError, load_body, render
@@ -343,7 +345,7 @@ def admin_preview(event_id: int) -> str:
 
 
 @blueprint.post("/admin/events/<int:event_id>/replay")
-@_admin
+@operator_page
 def admin_replay_one(event_id: int) -> BaseResponse:
     """Requeue one dead event."""
     tracker = web_state().tracker
@@ -360,7 +362,7 @@ def admin_replay_one(event_id: int) -> BaseResponse:
 
 
 @blueprint.get("/admin/dead")
-@_admin
+@operator_page
 def admin_dead() -> str:
     """Dead letters, newest first, with replay."""
     state = web_state()
@@ -377,7 +379,7 @@ def admin_dead() -> str:
         )
         total = outbox.count(conn, OutboxStatus.DEAD)
     rows = page.rows
-    return _render(
+    return render_page(
         "dead.html",
         rows=rows,
         total=total,
@@ -388,7 +390,7 @@ def admin_dead() -> str:
 
 
 @blueprint.post("/admin/dead/replay")
-@_admin
+@operator_page
 def admin_replay() -> BaseResponse:
     """Requeue the selected dead events, or all of them."""
     tracker = web_state().tracker
@@ -405,13 +407,13 @@ def admin_replay() -> BaseResponse:
 
 
 @blueprint.get("/admin/health")
-@_admin
+@operator_page
 def admin_health() -> str:
     """Counts by status, oldest pending age, pause, and carts waiting for their time."""
     tracker = web_state().tracker
     settings = tracker.settings
     health = tracker.health()
-    return _render(
+    return render_page(
         "health.html",
         health=health,
         oldest_age=health.oldest_pending_age,

@@ -22,6 +22,8 @@ What the extension does in the shop's process, and when:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import logging
 import os
 import sys
@@ -33,13 +35,21 @@ from typing import Any
 import click
 from flask import Flask, appcontext_pushed, current_app
 
-from ...config import CONFIG_PATH_ENV, ENV_PREFIX, Settings
+from ...abandonment.coupons import Coupon
+from ...config import CONFIG_PATH_ENV, ENV_PREFIX, Secret, Settings
 from ...errors import ConfigError
 from ...storage.migrate import include_name
 from ...tracker import Tracker
 from ..models import CaptureModels, CartMapping, CustomerMapping, OrderMapping
-from . import admin, healthz, metrics, tracking  # noqa: F401  (importing them attaches views)
-from .blueprint import AdminAccess, CurrentEmail, blueprint, register
+from . import (  # noqa: F401  (importing them attaches views)
+    admin,
+    healthz,
+    links,
+    metrics,
+    recovery_page,
+    tracking,
+)
+from .blueprint import AdminAccess, CurrentEmail, RestoreCart, blueprint, register
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +70,22 @@ class ShopEvents:
         tracker: Tracker | None = None,
         admin_access: AdminAccess | None = None,
         current_email: CurrentEmail | None = None,
+        restore_cart: RestoreCart | None = None,
+        coupon: Coupon | None = None,
     ) -> None:
         """``admin_access()`` is called for each operator page request and must return True to
         let it in (without it, and without ``web.admin_access``, the pages answer 404);
-        ``current_email()`` returns the signed-in shopper's email for a tracking request.
+        ``current_email()`` returns the signed-in shopper's email for a tracking request;
+        ``restore_cart(cart_id, items)`` puts a cart back in the visitor's session when a
+        recovery link is opened (and returns a response, or None for the default redirect);
+        ``coupon(cart_id, email, step)`` gives a reminder's coupon code (``recovery.coupon``).
         """
         self._settings = settings
         self._tracker = tracker
         self._admin_access = admin_access
         self._current_email = current_email
+        self._restore_cart = restore_cart
+        self._coupon = coupon
         if app is not None:
             self.init_app(app)
 
@@ -78,9 +95,17 @@ class ShopEvents:
             raise RuntimeError(
                 "shop-events is already registered on this app; call ShopEvents(app) once"
             )
-        tracker = self._tracker or Tracker(settings_for_app(app, self._settings))
+        tracker = self._tracker or Tracker(
+            with_link_secret(app, settings_for_app(app, self._settings)), coupon=self._coupon
+        )
         app.extensions[EXTENSION_KEY] = tracker
-        register(app, tracker, admin_access=self._admin_access, current_email=self._current_email)
+        register(
+            app,
+            tracker,
+            admin_access=self._admin_access,
+            current_email=self._current_email,
+            restore_cart=self._restore_cart,
+        )
         _leave_plugin_tables_alone(app)
         appcontext_pushed.connect(_on_app_context, app)
         _exempt_from_csrf(app)
@@ -122,6 +147,27 @@ def settings_for_app(app: Flask, base: Settings | None = None) -> Settings:
     if url == settings.database.url:
         return settings
     return dataclasses.replace(settings, database=dataclasses.replace(settings.database, url=url))
+
+
+LINK_KEY_LABEL = b"shop-events recovery links"
+
+
+def with_link_secret(app: Flask, settings: Settings) -> Settings:
+    """``settings``, with recovery links on and no ``recovery.secret``: a key derived from the
+    app's ``secret_key`` (HMAC-SHA256 with a label of its own, so the links' key never equals
+    the session's). Without a ``secret_key`` either: :class:`ConfigError` naming the key."""
+    recovery = settings.recovery
+    if not recovery.links or recovery.secret.reveal():
+        return settings
+    key = app.secret_key
+    if not key:
+        raise ConfigError(
+            "recovery.secret: required with recovery.links (set SHOP_EVENTS_RECOVERY_SECRET, "
+            "or the app's secret_key to derive it from)"
+        )
+    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    derived = hmac.new(raw, LINK_KEY_LABEL, hashlib.sha256).hexdigest()
+    return settings.override(recovery={"secret": Secret(derived)})
 
 
 def shop_database(app: Flask, url: str) -> str:

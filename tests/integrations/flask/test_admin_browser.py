@@ -3,16 +3,13 @@
 replay a dead letter; a product page that includes the script reports a view and identifies.
 
 A missing browser skips these tests locally with a message, and fails them in CI (``CI=true``),
-where ``.ci/run`` installs the packages.
+where ``.ci/run`` installs the packages (see ``tests/browser.py``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,20 +22,13 @@ from shop_events import Item, ShopEvents, Tracker
 from shop_events.storage.enums import OutboxStatus
 from shop_events.storage.tables import browses, outbox
 from sqlalchemy import select, update
-from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.browser import DESKTOP_AGENT, Served, chromium, wait_for
 from tests.support import SettingsFactory
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("SHOP_EVENTS_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("SHOP_EVENTS_CHROMEDRIVER", "/usr/bin/chromedriver")
 SCREENSHOT = Path(tempfile.gettempdir()) / "shop_events_admin_event.png"
-DESKTOP_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/124.0.0.0 Safari/537.36"
-)
-WAIT = 10.0
 XSS = "<script>window.__xss = 1</script>"
 SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" width="80" height="80">'
@@ -46,70 +36,11 @@ SVG = (
 )
 
 
-def _browser_missing() -> str | None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
-    if missing:
-        return f"{', '.join(missing)} not found (apt-get install chromium chromium-driver)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install -e '.[test]')"
-    return None
-
-
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
     """One headless Chromium for the module, with a fresh profile."""
-    reason = _browser_missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs the browser tests: {reason}")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="shop-events-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-proxy-server",
-        "--window-size=1280,1100",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    browser.set_page_load_timeout(30)
-    try:
+    with chromium(window=(1280, 1100)) as browser:
         yield browser
-    finally:
-        browser.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-class Served:
-    """A Flask app served by werkzeug on 127.0.0.1 in a thread."""
-
-    def __init__(self, app: Flask) -> None:
-        self.server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 def shop(tracker: Tracker, current_email: Callable[[], str | None] | None = None) -> Flask:
@@ -132,17 +63,6 @@ def shop(tracker: Tracker, current_email: Callable[[], str | None] | None = None
         )
 
     return app
-
-
-def wait_for(condition: Callable[[], Any], what: str) -> Any:
-    """Poll ``condition`` until it is truthy; elements of a page being replaced are retried."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(
-        None, WAIT, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
-    )
-    return wait.until(lambda _: condition(), message=f"waited {WAIT}s for {what}")
 
 
 def rows_of(driver: Any, table: str, column: int = 1) -> list[str]:
