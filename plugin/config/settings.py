@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .sections import (
     DatabaseSettings,
     DeliverySettings,
     EventsSettings,
+    FlowSettings,
     ItemsSettings,
     OrdersSettings,
     RecoverySettings,
@@ -102,13 +104,23 @@ class Settings(Section):
         return build(Settings, data, "")
 
     def check(self, path: str) -> None:
-        """Rules across sections: a delivery lease outlasts two slow requests."""
+        """Rules across sections: a delivery lease outlasts two slow requests; retention keeps
+        a reminded cart (browse, registration) until its last step."""
         request_time = self.api.timeout + self.api.connect_timeout
         if self.delivery.lease <= request_time * 2:
             raise ConfigError(
                 "delivery.lease: must be longer than twice api.timeout + api.connect_timeout "
                 f"({format_duration(request_time * 2)}), or a slow send loses its lease"
             )
+        kept = timedelta(days=self.retention.days)
+        for name in ("abandoned_cart", "abandoned_browse", "unfinished_registration"):
+            flow: FlowSettings = getattr(self, name)
+            if flow.steps and flow.steps[-1] >= kept:
+                raise ConfigError(
+                    f"{name}.steps: the last step ({format_duration(flow.steps[-1])}) must come "
+                    f"before retention.days ({self.retention.days}) deletes the "
+                    f"{name.split('_')[-1]} it is about"
+                )
 
     def _resolved(self, base_dir: Path | None) -> Settings:
         if base_dir is None:

@@ -305,3 +305,14 @@ def test_a_later_step_is_found_through_the_index_of_abandoned_rows(tmp_path: Pat
             plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
             assert "ix_shop_events_carts_next_step" in " ".join(str(row) for row in plan)
     tracker.engine.dispose()
+
+
+def test_a_last_step_that_retention_would_delete_first_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^abandoned_cart\.steps: the last step \(31d\)"):
+        Settings.load({"abandoned_cart": {"steps": ["1h", "31d"]}})
+    with pytest.raises(ConfigError, match=r"retention\.days \(2\) deletes the registration"):
+        Settings.load(
+            {"unfinished_registration": {"steps": ["1h", "3d"]}, "retention": {"days": 2}}
+        )
+    longer = Settings.load({"abandoned_cart": {"steps": ["1h", "31d"]}, "retention": {"days": 60}})
+    assert longer.abandoned_cart.delays[-1] == timedelta(days=31)
