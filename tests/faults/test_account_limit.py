@@ -6,10 +6,13 @@ keeps up. One worker is killed (``kill -9``) while the others send: the limit st
 every second, and every event arrives once its claimed rows' leases run out.
 
 The receiver stamps each arrival in this test's process, which shares two cores with the
-workers and the database: a stamp late by 100 ms moves six requests of 60/s into the next
-second. The tolerance here is 15 % (one process per worker with its own limit would be 100 % to
-700 % over); ``tests/benchmarks/bench_account_limit.py`` measures the 5 % at 350/s with a
-receiver in its own process.
+workers and the database: when that process stalls, requests wait in the kernel and are
+stamped together afterwards, as a gap and then a bunch (75 stamps in one second at 60/s once,
+in a full run). So the arrivals are held to a token bucket of the rate plus 5 % that forgives
+such a bunch after a gap (a burst of a third of a second's requests), and no second may hold
+more than 1.5 times the rate. One process per worker with its own limit would send at two to
+five times the rate, and fail both at once; ``tests/benchmarks/bench_account_limit.py``
+measures the 5 % in every second at 350/s with a receiver in its own process.
 """
 
 from __future__ import annotations
@@ -36,9 +39,24 @@ from tests.support import (
 )
 
 RATE = 60.0
-TOLERANCE = 0.15
+TOLERANCE = 0.05
+BURST = RATE / 3
+"""Requests a stall of the receiver's process may stamp at once after a gap."""
+MOST_IN_ONE_SECOND = 1.5 * RATE
 EVENTS = 480
 DELIVERY_TIMEOUT = 60.0
+
+
+def over_the_bucket(times: list[datetime], rate: float, burst: float) -> float:
+    """How far the arrivals overdraw a token bucket of ``rate`` per second holding ``burst``
+    (0 when they never do)."""
+    seconds = sorted(t.timestamp() for t in times)
+    tokens, last, worst = burst, seconds[0], 0.0
+    for at in seconds:
+        tokens = min(burst, tokens + (at - last) * rate) - 1
+        last = at
+        worst = max(worst, -tokens)
+    return worst
 
 
 def most_in_one_second(times: list[datetime]) -> int:
@@ -77,15 +95,21 @@ def test_workers_together_keep_to_the_accounts_rate_even_when_one_is_killed(
 
     arrivals = [r.arrived or r.time for r in receiver.requests]
     most = most_in_one_second(arrivals)
+    overdrawn = over_the_bucket(arrivals, RATE * (1 + TOLERANCE), BURST)
     result = figures(rows, receiver)
     result.extra.update(
-        workers=count + 1, killed=1, most_in_one_second=most, seconds_after_kill=round(seconds, 1)
+        workers=count + 1,
+        killed=1,
+        most_in_one_second=most,
+        bucket_overdrawn=round(overdrawn, 1),
+        seconds_after_kill=round(seconds, 1),
     )
     result.show(f"account rate limit, {count + 1} workers, one killed")
 
     assert delivered, f"statuses {status_counts(shop.engine)}\n{workers.outputs()}"
     assert result.lost == 0
-    assert most <= RATE * (1 + TOLERANCE) + 1, "the account's rate was crossed"
+    assert overdrawn == 0, "the account's rate was crossed"
+    assert most <= MOST_IN_ONE_SECOND, "the account's rate was crossed in one second"
     # the killed worker's sends that were on the wire may go again: no more than it had
     assert result.delivered_twice <= 20
     assert not [r for r in receiver.requests if r.status == 429]
