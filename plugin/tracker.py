@@ -45,10 +45,15 @@ from .recovery.report import DEFAULT_PERIOD, RecoveryReport, recovery_report
 from .retention import purge
 from .scheduler import Scheduler
 from .storage import caps, recoveries, reminders
-from .storage.engines import engine_label, jobs_lock_path, make_engine
+from .storage.engines import (
+    engine_label,
+    jobs_lock_path,
+    make_engine,
+    resume_waiting,
+    stop_waiting,
+)
 from .storage.enums import Subject
 from .storage.outbox import Summary, summarize
-from .storage.waits import resume_waiting, stop_waiting
 
 log = logging.getLogger(__name__)
 

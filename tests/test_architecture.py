@@ -19,10 +19,8 @@ COLUMN_TYPES = frozenset({"UTCDateTime"})
 """What ``storage.tables`` offers besides tables: a column type the demo's models share."""
 HOST_SQL = {
     # these read and write the host's own models, never a plugin table
-    "integrations/models/capture.py",
-    "integrations/models/check.py",
+    "integrations/models/listeners.py",
     "integrations/models/mappings.py",
-    "integrations/models/rows.py",
     # the demo shop's own tables (prefix demo_)
     "demo/shop.py",
 }

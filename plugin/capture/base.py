@@ -24,8 +24,8 @@ from ..errors import StorageError, ValidationError
 from ..payload.events import Param, build_body
 from ..payload.items import Item
 from ..payload.validation import check_event_size, encode_body, quoted
+from ..storage.engines import transaction
 from ..storage.outbox import NewEvent, enqueue
-from ..storage.waits import transaction
 from .bots import is_bot
 
 log = logging.getLogger(__name__)

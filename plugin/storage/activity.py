@@ -23,7 +23,7 @@ from sqlalchemy import (
     update,
 )
 
-from .dialects import delete_some, update_returning
+from .engines import delete_some, update_returning
 from .enums import FINISHED_STATES, FlowState, SkipReason, Subject
 from .tables import ABANDONED, browses, carts, registrations
 

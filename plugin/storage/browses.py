@@ -15,7 +15,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from ..errors import StorageError
 from ..payload.validation import dump_json
-from .dialects import insert_new
+from .engines import insert_new
 from .enums import OPEN_STATES, FlowState, SkipReason
 from .tables import browses
 

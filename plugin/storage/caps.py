@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, delete
 
-from .dialects import delete_some, upsert_where
+from .engines import delete_some, upsert_where
 from .tables import caps
 
 TABLE = caps.name

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, select
 
-from .dialects import upsert
+from .engines import upsert
 from .tables import capture_errors
 
 TABLE = capture_errors.name

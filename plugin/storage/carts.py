@@ -28,7 +28,7 @@ from sqlalchemy import (
     update,
 )
 
-from .dialects import upsert
+from .engines import upsert
 from .enums import OPEN_STATES, FlowState, SkipReason
 from .tables import UTCDateTime, carts
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import Connection, delete, func, select, tuple_
 
 from .capture_errors import MESSAGE_MAX
-from .dialects import upsert
+from .engines import upsert
 from .tables import kept_captures
 
 TABLE = kept_captures.name

@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from .waits import server_unbounded, unbounded
+from .engines import server_unbounded, unbounded
 
 TABLE_PREFIX = "shop_events_"
 """Every table of the plugin, its version table included, is named with this prefix."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from .dialects import delete_some, upsert
+from .engines import delete_some, upsert
 from .tables import orders
 
 TABLE = orders.name

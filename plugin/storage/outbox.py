@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select, update
 
 from .. import metrics
-from .dialects import delete_some, insert_new, is_mysql, update_returning
+from .engines import delete_some, insert_new, is_mysql, update_returning
 from .enums import MARKETING_SUBJECTS, OutboxStatus
 from .tables import outbox
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select, text, update
 
-from .dialects import is_mysql, upsert
+from .engines import is_mysql, upsert
 from .tables import runtime_state
 
 PAUSE = "delivery_paused"

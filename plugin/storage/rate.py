@@ -16,7 +16,7 @@ import dataclasses
 from sqlalchemy import Connection, Float, func, literal, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from .dialects import insert_new, is_mysql, upsert
+from .engines import insert_new, is_mysql, upsert
 from .tables import rate_schedule
 
 HORIZON = 60.0

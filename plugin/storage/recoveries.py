@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from . import reminders
-from .dialects import delete_some, insert_new
+from .engines import delete_some, insert_new
 from .tables import recoveries
 
 TABLE = recoveries.name

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, case, update
 
-from .dialects import upsert
+from .engines import upsert
 from .enums import FlowState
 from .tables import registrations
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, or_, select, update
 
-from .dialects import delete_some, insert_new
+from .engines import delete_some, insert_new
 from .tables import reminders
 
 TABLE = reminders.name

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select
 
-from .dialects import upsert
+from .engines import upsert
 from .tables import visitors
 
 

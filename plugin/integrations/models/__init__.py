@@ -1,6 +1,6 @@
 """Capture from the host's own SQLAlchemy models: the mappings and the session listeners."""
 
-from .capture import CaptureModels
+from .listeners import CaptureModels
 from .mappings import CartMapping, CustomerMapping, OrderMapping
 
 __all__ = ["CaptureModels", "CartMapping", "CustomerMapping", "OrderMapping"]

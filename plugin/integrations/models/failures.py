@@ -21,7 +21,7 @@ from ...config import scrub
 from ...errors import StorageError, ValidationError
 from ...storage import capture_errors
 from ...storage.capture_errors import CaptureError
-from ...storage.waits import transaction
+from ...storage.engines import transaction
 from ...tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def message_of(error: Exception) -> str:
 
 
 class ErrorLog:
-    """Failed captures of one :class:`~.capture.CaptureModels`, counted per mapping and field.
+    """Failed captures of one :class:`~.listeners.CaptureModels`, counted per mapping and field.
 
     :meth:`note` counts at once (the ``shop_events_capture_errors`` metric) and keeps the error
     in this process; :meth:`flush` adds what was kept to the capture errors table, outside the

@@ -1,7 +1,7 @@
 """How the shop's own models read as carts, orders and customers: the mappings and their checks.
 
 A shop declares in a few lines how to read a cart, an order and a customer from its models;
-:class:`~.capture.CaptureModels` then listens to SQLAlchemy's ORM events and calls the tracker
+:class:`~.listeners.CaptureModels` then listens to SQLAlchemy's ORM events and calls the tracker
 itself::
 
     from shop_events import CartMapping, CustomerMapping, Item, OrderMapping, Tracker
