@@ -24,8 +24,12 @@ from flask.cli import AppGroup, with_appcontext
 from .config import CONFIG_PATH_ENV, Settings, format_duration, parse_duration, scrub
 from .errors import ConfigError, ValidationError
 from .health import Health, problems
+from .integrations.flask.backfill import backfill
+from .payload.validation import check_email
+from .privacy.erasure import Forgotten
+from .privacy.person import normalized
 from .recovery.report import FlowReport, RecoveryReport
-from .storage import outbox, pause
+from .storage import consent, outbox, pause
 from .tracker import Tracker
 
 TrackerFactory = Callable[[], Tracker]
@@ -629,6 +633,117 @@ def _money(amounts: dict[str, Decimal]) -> str:
     return ", ".join(f"{currency} {amount}" for currency, amount in sorted(amounts.items())) or "-"
 
 
+@click.command("consent")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def consent_command(email: str, as_json: bool) -> None:
+    """The contact's consent history, oldest first, and whether marketing may go to them under
+    consent.mode (an address erased on request is suppressed until it opts in again)."""
+    try:
+        contact = check_email(email.strip())
+    except ValidationError as exc:
+        raise click.BadParameter(exc.rule, param_hint="EMAIL") from None
+    tracker = _tracker(tables=True)
+    with tracker.engine.connect() as conn:
+        found = consent.status(conn, contact, tracker.settings.consent.mode)
+    if as_json:
+        click.echo(json.dumps(found.as_json(), indent=2))
+        return
+    for line in consent_lines(found):
+        click.echo(line)
+
+
+def consent_lines(found: consent.ConsentStatus) -> list[str]:
+    """A contact's consent as ``shop-events consent`` prints it: an entry per line, then the
+    decision."""
+    lines = [f"consent of {found.email} (consent.mode = {found.mode})"]
+    for entry in found.history:
+        choice = "opted in " if entry["opted_in"] else "opted out"
+        notes = [f"{name}: {entry[name]}" for name in ("source", "basis") if entry[name]]
+        lines.append(f"  {entry['at']}  {choice}  {'; '.join(notes)}".rstrip())
+    if not found.history:
+        lines.append("  no opt-in or opt-out recorded")
+    verdict = "allowed" if found.refusal is None else f"refused ({found.refusal})"
+    lines.append(f"marketing: {verdict}")
+    return lines
+
+
+def _address(email: str) -> str:
+    """The EMAIL argument as the tables hold it, or a usage error naming the rule."""
+    try:
+        return normalized(email)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.rule, param_hint="EMAIL") from None
+
+
+@click.command()
+@click.argument("email")
+@click.option(
+    "--platform/--no-platform",
+    default=None,
+    help="Also queue the platform's contact erasure (default: privacy.erase_on_platform).",
+)
+@click.option("--yes", is_flag=True, help="Erase without asking for confirmation.")
+def forget(email: str, platform: bool | None, yes: bool) -> None:
+    """Erase everything the plugin holds about EMAIL (every table, queued and sent events with
+    their bodies) and print the rows deleted per table. It cannot be undone: asks first, unless
+    --yes. Exits 1 when SQLite's WAL could not be checkpointed (run it again later)."""
+    address = _address(email)
+    tracker = _tracker(tables=True)
+    if not yes:
+        click.confirm(f"Erase everything held about {address}? This cannot be undone", abort=True)
+    result = tracker.forget(address, platform=platform)
+    for line in forget_lines(address, result, tracker.settings):
+        click.echo(line)
+    if not result.complete:
+        raise click.ClickException(
+            "the rows are deleted, but SQLite's WAL could not be checkpointed (readers held it): "
+            "their old pages stay in the -wal file until then; run forget again later"
+        )
+
+
+def forget_lines(address: str, result: Forgotten, settings: Settings) -> list[str]:
+    """What ``shop-events forget`` prints: rows per table (tables without any left out), then
+    the platform erasure and the suppression."""
+    total = sum(result.values())
+    rows = f"{total} row{'' if total == 1 else 's'}"
+    lines = [f"forgot {address}: {rows}" if total else f"nothing was held about {address}"]
+    shown = {table: count for table, count in result.items() if count}
+    width = max(map(len, shown), default=0)
+    lines += [f"  {table:<{width}}  {count}" for table, count in shown.items()]
+    privacy = settings.privacy
+    if result.platform_erasure:
+        lines.append(
+            f"platform erasure queued: DELETE {privacy.erasure_path}?{privacy.erasure_key}=…"
+            f"&erase=true, due in {format_duration(settings.delivery.lease)}"
+        )
+    if privacy.suppress_after_forget:
+        lines.append("marketing to this address is suppressed until it opts in again")
+    return lines
+
+
+@click.command()
+@click.argument("email")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the document to FILE (readable by its owner only) instead of printing it.",
+)
+def export(email: str, output: str | None) -> None:
+    """Everything the plugin holds about EMAIL as one JSON document: activity rows, events with
+    their bodies, consent history, reminders and their clicks, recovered orders, caps."""
+    address = _address(email)
+    text = json.dumps(_tracker(tables=True).export(address), indent=2, ensure_ascii=False)
+    if output is None:
+        click.echo(text)
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text + "\n")
+    click.echo(f"wrote what is held about {address} to {output}", err=True)
+
+
 @click.command()
 @click.option("--simulate", type=int, default=None, help="Run N scripted shoppers instead.")
 @click.option("--port", type=int, default=5000, show_default=True, help="The shop's port.")
@@ -657,6 +772,10 @@ COMMANDS = (
     resume,
     preview,
     report,
+    consent_command,
+    forget,
+    export,
+    backfill,
     demo,
 )
 for _command in COMMANDS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +21,13 @@ from sqlalchemy.orm import Session
 
 from .abandonment.coupons import Coupon
 from .abandonment.scanner import Scanner, ScanResult
+from .backfill.run import (
+    CHECKPOINT_PREFIX,
+    BackfillReport,
+    Progress,
+    backfill_orders,
+    read_checkpoint,
+)
 from .capture.accounts import AccountHooks
 from .capture.browse import BrowseHooks
 from .capture.carts import CartHooks
@@ -41,6 +48,8 @@ from .payload.validation import (
     check_text,
     encode_body,
 )
+from .privacy.erasure import Forgotten, erase
+from .privacy.export import document
 from .recovery.report import DEFAULT_PERIOD, RecoveryReport, recovery_report
 from .retention import purge
 from .scheduler import Scheduler
@@ -123,7 +132,8 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
 
         Param values are text, numbers, or dicts/lists (nested JSON, serialized for v1).
         Passing the same ``dedupe_key`` twice queues the event once. ``marketing=True`` events
-        are not sent to contacts who opted out.
+        are not sent to contacts who opted out (with ``consent.mode = "opt-in"``: to contacts
+        who did not opt in).
         """
         if dedupe_key is not None:
             check_text(dedupe_key, "dedupe_key", DEDUPE_KEY_MAX)
@@ -178,6 +188,50 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
             log.info("retention: deleted %s", {k: v for k, v in counts.items() if v})
         return counts
 
+    # -- history ------------------------------------------------------------------------------
+
+    def backfill_orders(
+        self,
+        orders: Iterable[object],
+        *,
+        as_events: bool = False,
+        page_size: int | None = None,
+        checkpoint: str | None = None,
+        progress: Progress | None = None,
+    ) -> BackfillReport:
+        """Queue the shop's past orders for the platform: to the Orders API (batched up to
+        ``orders.api_batch``), or with ``as_events`` as past events at their ``created`` time
+        (batched up to ``backfill.events_batch``); the worker sends them at the account's rate.
+
+        Each order is a mapping or an object with ``order_id``, ``email``, ``items`` (a list of
+        :class:`Item`), ``created`` (an aware datetime) and optionally ``total``, ``currency``
+        and ``status`` (see :mod:`shop_events.backfill.orders`). They are read ``page_size`` at
+        a time (default ``backfill.page_size``) and each page is written in one transaction.
+        No live flow starts: no cart is converted, no ``orderCreated`` event queued, no reminder
+        superseded. An order already queued by a backfill is not queued again, and one captured
+        live is left to its live events. An invalid order is skipped and described in the
+        report (its place, id, field and rule); the others go on. With ``checkpoint`` (a name),
+        the id of each page's last order is kept with the page: after an interruption,
+        :meth:`backfill_checkpoint` says where to continue. ``progress(report)`` is called
+        after each page.
+        """
+        return backfill_orders(
+            self.engine,
+            self.settings,
+            self.clock,
+            orders,
+            as_events=as_events,
+            page_size=page_size,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+
+    def backfill_checkpoint(self, name: str) -> str | None:
+        """The id of the last order a :meth:`backfill_orders` run with ``checkpoint=name``
+        wrote (pass the orders after it to continue), or None."""
+        found = read_checkpoint(self.engine, CHECKPOINT_PREFIX + name)
+        return None if found is None else found.after
+
     def recovery_report(
         self,
         since: datetime | timedelta | None = None,
@@ -191,6 +245,40 @@ class Tracker(CartHooks, BrowseHooks, OrderHooks, AccountHooks):
             since = DEFAULT_PERIOD
         start = end - since if isinstance(since, timedelta) else since
         return recovery_report(self.engine, start, end)
+
+    # -- privacy ------------------------------------------------------------------------------
+
+    def forget(self, email: str, *, platform: bool | None = None) -> Forgotten:
+        """Erase everything the plugin holds about ``email`` (case and surrounding spaces do
+        not matter) in one transaction; returns the rows deleted per table (error messages and
+        shared states quoting the address: rows redacted). Bad input raises
+        :class:`ValidationError`.
+
+        Gone: carts (also of visitors identified as the address), browses, registrations,
+        orders, identity links, consent history, frequency caps, reminders and their clicks,
+        recovered orders, and outbox rows of every status, bodies included. Events still queued
+        are deleted: the erasure supersedes them. A send already in flight may still reach the
+        platform; its row being gone, its settlement (filtered on the lease token) records
+        nothing and it is never sent again. With ``platform=True`` (default
+        ``privacy.erase_on_platform``) the platform's contact erasure is queued as well, due
+        ``delivery.lease`` later so that it follows any such send; once delivered its row keeps
+        no trace of the address. With ``privacy.suppress_after_forget`` a salted hash of the
+        address blocks marketing to it until :meth:`opted_in`; transactional events still go.
+
+        On SQLite deleted content is zeroed (``secure_delete``) and the WAL checkpointed: when
+        the result's ``complete`` is true, no byte of the address is left in the database
+        files. It is False when readers held the WAL back at every attempt; forgetting again
+        later finishes it.
+        """
+        return erase(self.engine, self.settings, email, self.clock(), platform=platform)
+
+    def export(self, email: str) -> dict[str, Any]:
+        """Everything the plugin holds about ``email`` (case and surrounding spaces do not
+        matter) as one JSON-ready document: activity rows, outbox events with their bodies,
+        the consent history, reminders with their clicks, recovered orders, frequency caps and
+        messages quoting the address (:func:`~shop_events.privacy.export.document`). Bad input
+        raises :class:`ValidationError`."""
+        return document(self.engine, email, self.clock())
 
     def summary(self) -> Summary:
         """Outbox counts by status and type, oldest pending row, last error."""

@@ -19,10 +19,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from shop_events import Item, Settings, Tracker
 from shop_events.storage.tables import outbox
@@ -381,3 +381,102 @@ def link_token(event: dict[str, Any]) -> str:
     path = urlsplit(url).path
     assert path.startswith("/shop-events/r/"), url
     return path.rsplit("/", 1)[-1]
+
+
+# ------------------------------------------------------------------------------ privacy
+
+PRIVACY_START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+"""Where the privacy tests' frozen ``clock`` starts (``tests/privacy/conftest.py``)."""
+PRIVACY_SECTIONS: dict[str, dict[str, Any]] = {
+    "orders": {"api": True},
+    "recovery": {
+        "links": True,
+        "base_url": "https://shop.example",
+        "secret": "a-test-secret-of-32-characters!!",
+    },
+}
+"""Orders API rows and recovery links on: a person's data then takes every form it can."""
+
+
+def held_everywhere(tracker: Tracker, receiver: Receiver, clock: Any, email: str, tag: str) -> None:
+    """Captures of every kind for ``email`` (``tag`` keeps its carts, order and visitor apart
+    from another person's), under :data:`PRIVACY_SECTIONS` and a frozen ``clock``: a visitor's
+    view and cart before it is identified, a cart whose restore URL quotes the address, a view,
+    a registration, an opt-out then an opt-in, a login, contact data, a marketing event naming
+    it in other cases; a reminder delivered and clicked, the order it recovered (its events and
+    Orders API row delivered), an event dead on a 400 quoting the address.
+    """
+    from shop_events.recovery.links import open_link
+    from shop_events.testing import Reply
+
+    lamp = Item(name="Lamp", price="30", url="https://shop.example/p/lamp")
+    visitor = f"visitor-{tag}"
+    tracker.product_viewed(visitor_id=visitor, item=lamp)
+    tracker.cart_updated(f"anonymous-{tag}", visitor_id=visitor, items=[lamp], currency="EUR")
+    tracker.identify(visitor_id=visitor, email=email)
+    restore = f"https://shop.example/cart?for={quote(email, safe='')}"
+    tracker.cart_updated(f"cart-{tag}", email=email, items=[lamp], restore_url=restore)
+    tracker.product_viewed(email=email, item=lamp)
+    tracker.registration_started(email, params={"referrer": "newsletter"})
+    tracker.opted_out(email, source="footer link")
+    tracker.opted_in(email, source="checkout checkbox", basis="consent")
+    tracker.logged_in(email)
+    tracker.contact_upserted(email, first_name=tag.title())
+    params = {"who": email.title()}
+    tracker.custom_event("wishlist", key_value=email.upper(), params=params, marketing=True)
+    clock.tick(timedelta(hours=1))
+    tracker.scan()
+    tracker.dispatch()
+    [reminder] = [
+        event
+        for event in receiver.events
+        if event["eventTypeKey"] == "abandoned_cart" and event["keyValue"] == email
+    ]
+    clock.tick(timedelta(minutes=5))
+    open_link(tracker.engine, tracker.settings, link_token(reminder), tracker.clock())
+    tracker.order_placed(f"order-{tag}", email=email, items=[lamp], cart_id=f"cart-{tag}")
+
+    def rejected(body: Any) -> bool:
+        return isinstance(body, dict) and body.get("keyValue") == f"rejected:{email}"
+
+    receiver.rule(rejected, Reply(400, f"no contact {email}"))
+    tracker.custom_event("rejected", key_value=f"rejected:{email}", params={"email": email})
+    tracker.dispatch()
+
+
+def queue_pending(tracker: Tracker, email: str) -> None:
+    """Two events for ``email`` left pending: a password reset and a marketing event."""
+    tracker.password_reset_requested(email, reset_url=f"https://shop.example/reset?for={email}")
+    tracker.custom_event("wishlist", key_value=email, params={"email": email}, marketing=True)
+
+
+# ------------------------------------------------------------------------------ backfill
+
+PLACED = datetime(2024, 3, 22, 14, 30, 5, tzinfo=UTC)
+"""When the backfill tests' past orders were placed (the first; each next one a minute later)."""
+
+
+def past_order(n: int, **changes: Any) -> dict[str, Any]:
+    """The ``n``-th past order of the backfill tests, as a mapping; ``changes`` replace fields."""
+    order: dict[str, Any] = {
+        "order_id": f"past-{n}",
+        "email": f"buyer-{n}@example.com",
+        "items": [Item(name="Hair styler", price="341.00", quantity=1, sku=f"hs-{n}")],
+        "total": "341.00",
+        "currency": "EUR",
+        "status": "DELIVERED",
+        "created": PLACED + timedelta(minutes=n),
+    }
+    order.update(changes)
+    return order
+
+
+def deliver_all(tracker: Tracker, passes: int = 50) -> int:
+    """Dispatch until nothing is claimed (at most ``passes`` passes); how many were sent."""
+    sent = 0
+    for _ in range(passes):
+        result = tracker.dispatch()
+        sent += result.sent
+        if not result.claimed:
+            break
+    return sent

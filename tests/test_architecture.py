@@ -21,6 +21,7 @@ HOST_SQL = {
     # these read and write the host's own models, never a plugin table
     "integrations/models/listeners.py",
     "integrations/models/mappings.py",
+    "integrations/models/history.py",
     # the demo shop's own tables (prefix demo_)
     "demo/shop.py",
 }

@@ -191,8 +191,10 @@ def unwanted(
     step at once).
     """
     subject = Subject(subject_type) if subject_type in _SUBJECTS else None
-    if subject is not None and subject.is_marketing and consent.opted_out(conn, [key_value]):
-        return "the contact opted out of marketing"
+    if subject is not None and subject.is_marketing:
+        refusal = consent.reason(conn, key_value, settings.consent.mode)
+        if refusal is not None:
+            return refusal
     flow = next((f for f in flows(settings) if f.subject == subject), None)
     if flow is None or subject_id is None:
         return ""

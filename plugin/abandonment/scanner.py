@@ -115,7 +115,8 @@ class Scanner:
         events: list[NewEvent] = []
         queued: list[NewReminder] = []
         contacts = [c for c in map(flow.contact, rows) if c]
-        refused = consent.opted_out(conn, contacts) if settings.marketing else set()
+        mode = self._settings.consent.mode
+        refused = consent.refused(conn, contacts, mode) if settings.marketing else set()
         for row in rows:
             reason, event, step = self._outcome(conn, flow, row, number, now, refused)
             if event is not None and step is not None:

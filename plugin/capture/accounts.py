@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from ..errors import ValidationError
+from ..payload.consent import check_basis, check_source
 from ..payload.contacts import check_name, check_phone, profile_inputs
 from ..payload.events import STEP_PARAM, Param, build_body
 from ..payload.validation import check_email, check_event_size, check_url, quoted
@@ -208,16 +209,23 @@ class AccountHooks(Hooks):
     # -- consent -----------------------------------------------------------------------------
 
     def opted_out(
-        self, email: str, *, session: Session | None = None, connection: Connection | None = None
+        self,
+        email: str,
+        *,
+        source: str | None = None,
+        session: Session | None = None,
+        connection: Connection | None = None,
     ) -> None:
-        """The contact withdrew marketing consent: marketing flows skip them, and their queued
-        marketing events are superseded. Transactional events still go out.
+        """The contact withdrew marketing consent: an opt-out entry in their consent history
+        (``source``: where, e.g. ``"unsubscribe link"``). Marketing flows skip them, and their
+        queued marketing events are superseded. Transactional events still go out.
         """
         contact = check_email(email)
+        where = check_source(source)
         now = self.clock()
 
         def write(conn: Connection) -> None:
-            consent.record(conn, contact, True, now)
+            consent.record(conn, contact, False, now, source=where)
             for event_type_key, queued_at in outbox.supersede_marketing(conn, contact):
                 # never sent: it does not use up the contact's cap
                 caps.give_back(conn, event_type_key, contact, queued_at)
@@ -225,11 +233,26 @@ class AccountHooks(Hooks):
         self._write("opted_out", session, connection, write)
 
     def opted_in(
-        self, email: str, *, session: Session | None = None, connection: Connection | None = None
+        self,
+        email: str,
+        *,
+        source: str | None = None,
+        basis: str | None = None,
+        session: Session | None = None,
+        connection: Connection | None = None,
     ) -> None:
-        """The contact (again) accepts marketing."""
+        """The contact (again) accepts marketing: an opt-in entry in their consent history, with
+        where it was given (``source``, e.g. ``"checkout checkbox"``) and its lawful basis
+        (``basis``: ``"consent"``, ``"contract"``, ``"legitimate_interests"`` or another of
+        GDPR Art. 6(1)). It lifts a suppression left by an erasure request.
+        """
         contact = check_email(email)
+        where = check_source(source)
+        lawful = check_basis(basis)
         now = self.clock()
         self._write(
-            "opted_in", session, connection, lambda conn: consent.record(conn, contact, False, now)
+            "opted_in",
+            session,
+            connection,
+            lambda conn: consent.record(conn, contact, True, now, source=where, basis=lawful),
         )

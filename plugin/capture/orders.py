@@ -5,7 +5,9 @@ optionally the order also goes to the platform's Orders API.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -20,6 +22,9 @@ from ..storage.enums import Subject
 from ..storage.outbox import NewEvent, enqueue
 from .base import Hooks, ItemsArg, check_currency
 
+if TYPE_CHECKING:
+    from ..config import Settings
+
 STATUS_MAX = 64
 """The length of ``shop_events_orders.status``."""
 
@@ -32,6 +37,39 @@ def check_status(value: object) -> str:
             "status", f"must be at most {STATUS_MAX} characters, got {len(status)}"
         )
     return status
+
+
+def order_payload(
+    items: list[CanonicalItem], total: str, currency: str | None, placed_at: datetime
+) -> dict[str, Any]:
+    """What is kept of an order (``shop_events_orders.payload``) and its events are built from."""
+    return {
+        "items": items,
+        "total": total,
+        "currency": currency,
+        "placed_at": placed_at.isoformat(timespec="seconds"),
+    }
+
+
+def order_event_body(
+    settings: Settings,
+    event_type: str,
+    order_id: str,
+    email: str,
+    status: str,
+    payload: dict[str, Any],
+    fields: Mapping[str, str] | None = None,
+) -> str:
+    """An order's Generate event body: the email, the products, then ``order_id``, ``status``,
+    ``total`` and ``currency``, cut to fit the size limit; ``fields`` go beside the params."""
+    items: list[CanonicalItem] = payload["items"]
+    tail: list[Param] = [("order_id", order_id), ("status", status), ("total", payload["total"])]
+    if payload.get("currency"):
+        tail.append(("currency", payload["currency"]))
+    body, _ = build_items_event(
+        event_type, email, [("email", email)], items, tail, settings, fields
+    )
+    return body
 
 
 class OrderHooks(Hooks):
@@ -68,12 +106,7 @@ class OrderHooks(Hooks):
         if self._bot(f"order_placed({order_key!r})", user_agent, contact):
             return
         now = self.clock()
-        payload = {
-            "items": checked,
-            "total": amount,
-            "currency": code,
-            "placed_at": now.isoformat(timespec="seconds"),
-        }
+        payload = order_payload(checked, amount, code, now)
         events = self._order_events(
             order_key, contact, order_status, payload, self.settings.orders.event_type_key
         )
@@ -139,17 +172,7 @@ class OrderHooks(Hooks):
     def _order_events(
         self, order_id: str, email: str, status: str, payload: dict[str, Any], event_type: str
     ) -> list[NewEvent]:
-        items: list[CanonicalItem] = payload["items"]
-        tail: list[Param] = [
-            ("order_id", order_id),
-            ("status", status),
-            ("total", payload["total"]),
-        ]
-        if payload.get("currency"):
-            tail.append(("currency", payload["currency"]))
-        body, _ = build_items_event(
-            event_type, email, [("email", email)], items, tail, self.settings
-        )
+        body = order_event_body(self.settings, event_type, order_id, email, status, payload)
         events = [
             NewEvent(
                 dedupe_key=f"{event_type}:{order_id}:{status}",

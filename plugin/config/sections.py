@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zoneinfo
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 import ada_url
 
 from ..errors import ConfigError, ValidationError
+from ..payload.past_events import PAST_EVENTS_MAX
 from ..payload.validation import check_event_type_key
 from .secret import Secret, mask_url
 
@@ -122,6 +124,11 @@ class ApiSettings(Section):
     def event_path(self) -> str:
         """The Generate event path for the configured version."""
         return f"{self.version}/event"
+
+    @property
+    def past_events_path(self) -> str:
+        """The past events path for the configured version (backfill)."""
+        return f"{self.version}/past_events"
 
     def __repr__(self) -> str:
         return _masked_repr(self, {"base_url": repr(mask_url(self.base_url, user=False))})
@@ -483,6 +490,54 @@ class BotsSettings(Section):
     """Glob patterns of addresses that crawlers and test orders use (``*@merchant-test.*``)."""
 
 
+ConsentMode = Literal["opt-out", "opt-in"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsentSettings(Section):
+    """``[consent]``: who may get marketing events (transactional ones go to everyone)."""
+
+    mode: ConsentMode = "opt-out"
+    """``opt-out``: every contact, except one whose latest consent entry is an opt-out;
+    ``opt-in``: only a contact whose latest entry is an opt-in (``tracker.opted_in``). In both,
+    an address erased on request gets none until it opts in again."""
+
+
+_QUERY_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySettings(Section):
+    """``[privacy]``: what an erasure request (``tracker.forget``, ``shop-events forget``) does
+    besides deleting every row of the address."""
+
+    erase_on_platform: bool = False
+    """Also queue the platform's contact erasure (``DELETE {api.base_url}/{erasure_path}?
+    {erasure_key}=<address>&erase=true``), delivered like events; ``forget --platform``
+    asks for it once."""
+    erasure_path: str = "v1/contact"
+    erasure_key: str = "externalCustomerId"
+    """The query parameter naming the contact: the Orders API rows set ``externalCustomerId``
+    to the email, so it names the contacts they made."""
+    suppress_after_forget: bool = True
+    """Keep a salted hash of the erased address that blocks marketing to it until it opts in
+    again (transactional events still go)."""
+
+    def check(self, path: str) -> None:
+        """A path under ``api.base_url`` and a plain query parameter name."""
+        erasure = self.erasure_path
+        if not _API_PATH.fullmatch(erasure) or ".." in erasure.split("/"):
+            raise ConfigError(
+                f"{path}erasure_path: must be a path under api.base_url like 'v1/contact', "
+                f"got {erasure[:80]!r}"
+            )
+        if not _QUERY_KEY.fullmatch(self.erasure_key):
+            raise ConfigError(
+                f"{path}erasure_key: must be a query parameter name like 'externalCustomerId' "
+                f"(letters, digits, '_'), got {self.erasure_key[:80]!r}"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class RetentionSettings(Section):
     """``[retention]``: how long finished activity and sent events are kept."""
@@ -658,6 +713,39 @@ class RecoverySettings(Section):
             raise ConfigError(f"{path}coupon: {self.coupon!r} is not 'module:function'")
         if any(step < 1 for step in self.coupon_steps):
             raise ConfigError(f"{path}coupon_steps: steps are numbered from 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackfillSettings(Section):
+    """``[backfill]``: sending the shop's past orders (``flask shop-events backfill orders``)."""
+
+    page_size: int = 1000
+    """Orders read, queued and checkpointed per transaction: memory follows it, not the shop's
+    number of orders."""
+    events_batch: int = PAST_EVENTS_MAX
+    """Past events per request (the platform takes at most 500)."""
+    timezone: str = "UTC"
+    """The zone a past event's ``occurred`` is written in (an IANA name such as
+    ``Europe/Kyiv``): the platform's format has no offset."""
+
+    def check(self, path: str) -> None:
+        """A page of at least one order, 1–500 events a request, a zone the system knows."""
+        if self.page_size < 1:
+            raise ConfigError(f"{path}page_size: must be at least 1")
+        if not 1 <= self.events_batch <= PAST_EVENTS_MAX:
+            raise ConfigError(f"{path}events_batch: must be 1 to {PAST_EVENTS_MAX}")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise ConfigError(
+                f"{path}timezone: {self.timezone[:80]!r} is not a time zone such as 'UTC' or "
+                "'Europe/Kyiv'"
+            ) from None
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        """``timezone`` as a zone."""
+        return zoneinfo.ZoneInfo(self.timezone)
 
 
 SECRET_MIN = 16

@@ -17,7 +17,9 @@ from .sections import (
     AbandonedCartSettings,
     AlertsSettings,
     ApiSettings,
+    BackfillSettings,
     BotsSettings,
+    ConsentSettings,
     ContactsSettings,
     DatabaseSettings,
     DeliverySettings,
@@ -25,6 +27,7 @@ from .sections import (
     FlowSettings,
     ItemsSettings,
     OrdersSettings,
+    PrivacySettings,
     RecoverySettings,
     RetentionSettings,
     SchedulerSettings,
@@ -53,11 +56,14 @@ class Settings(Section):
     events: EventsSettings = dataclasses.field(default_factory=EventsSettings)
     contacts: ContactsSettings = dataclasses.field(default_factory=ContactsSettings)
     bots: BotsSettings = dataclasses.field(default_factory=BotsSettings)
+    consent: ConsentSettings = dataclasses.field(default_factory=ConsentSettings)
+    privacy: PrivacySettings = dataclasses.field(default_factory=PrivacySettings)
     retention: RetentionSettings = dataclasses.field(default_factory=RetentionSettings)
     alerts: AlertsSettings = dataclasses.field(default_factory=AlertsSettings)
     items: ItemsSettings = dataclasses.field(default_factory=ItemsSettings)
     web: WebSettings = dataclasses.field(default_factory=WebSettings)
     recovery: RecoverySettings = dataclasses.field(default_factory=RecoverySettings)
+    backfill: BackfillSettings = dataclasses.field(default_factory=BackfillSettings)
 
     @classmethod
     def from_file(

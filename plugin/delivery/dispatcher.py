@@ -37,11 +37,11 @@ from .. import metrics
 from ..abandonment.flows import step_of, unwanted
 from ..clock import Clock, utcnow
 from ..config import Settings, format_duration
-from ..payload.orders_api import ORDERS_API_PATH
+from ..payload.erasure import ERASURE_TYPE, REDACTED_ROW, stored_query
 from ..payload.validation import encode_body
 from ..storage import caps, outbox, pause, reminders
 from ..storage.activity import SUBJECTS
-from ..storage.engines import REST_AFTER_DELIVERY, eased
+from ..storage.engines import REST_AFTER_DELIVERY, checkpoint, eased
 from ..storage.enums import OutboxStatus
 from . import policy
 from .concurrency import AdaptiveConcurrency
@@ -60,6 +60,9 @@ RESULT_WAIT = 1.0
 UNSENDABLE = "cannot be sent"
 """How the error of a row whose request cannot be built begins."""
 ERROR_MAX = 2000
+CHECKPOINT_ATTEMPTS = 3
+"""Attempts at checkpointing the WAL after a delivered contact erasure (see
+:meth:`Dispatcher._clear_wal`)."""
 REMINDER_SUBJECTS = frozenset(subject.value for subject in SUBJECTS)
 """The subjects whose events are reminders (the abandonment flows'): their delivery is kept."""
 
@@ -85,6 +88,8 @@ class _Job:
     """It waited for a place: the concurrency, not the work, held it back."""
     free_before: int | None = None
     """Runs of its family that started at once, taken by this process before its turn."""
+    query: dict[str, str] | None = None
+    """A contact erasure's query: the request is a ``DELETE`` with it, without a body."""
 
 
 Finished = tuple[_Job, policy.Result | None]
@@ -299,7 +304,10 @@ class Dispatcher:
                     if pending or more:
                         continue
                     break
-                in_progress -= self._record(run, result)
+                # a claim that made few jobs (a batch of orders is one request) is followed by
+                # the next one at once, not after a send: the wire would wait for the claims
+                claim_now = more and len(pending) <= self._concurrency.limit
+                in_progress -= self._record(run, result, wait=not claim_now)
                 if run.successors and result.claims < claims and not run.halted():
                     more = True  # the next event of a subject just sent may be due now
                 run.successors = False
@@ -369,11 +377,12 @@ class Dispatcher:
                 self._concurrency.give_back()
                 run.done.put((job, sent))
 
-    def _record(self, run: _Run, result: DispatchResult) -> int:
-        """Wait for finished sends and record every one that has finished, in one transaction;
-        how many were recorded (0 when none finished within :data:`RESULT_WAIT`)."""
+    def _record(self, run: _Run, result: DispatchResult, wait: bool = True) -> int:
+        """Wait for finished sends (with ``wait``, else only look) and record every one that has
+        finished, in one transaction; how many were recorded (0 when none finished within
+        :data:`RESULT_WAIT`)."""
         try:
-            group = [run.done.get(timeout=RESULT_WAIT)]
+            group = [run.done.get(timeout=RESULT_WAIT) if wait else run.done.get_nowait()]
         except queue.Empty:
             return 0
         while True:
@@ -485,39 +494,60 @@ class Dispatcher:
         leased_at: float,
         result: DispatchResult,
     ) -> list[_Job]:
-        """One request per event; Orders API rows go together, up to ``orders.api_batch``.
+        """One request per event; rows of a batched endpoint (Orders API, past events) go
+        together, per path (:meth:`_batched`).
 
         A row whose request cannot be built (its stored body is no longer valid) is dead with
         the reason, and the others go on without it.
         """
         jobs = []
-        orders: list[tuple[outbox.Claimed, dict[str, Any]]] = []
+        batched: dict[str, list[tuple[outbox.Claimed, dict[str, Any]]]] = {}
         for row in rows:
             try:
-                if row.api_path == ORDERS_API_PATH:
-                    orders.append((row, _order(row)))
+                if row.event_type_key == ERASURE_TYPE:
+                    jobs.append(_Job([row], b"", leased_at, query=stored_query(row.body)))
+                elif batch_key(row.api_path) is not None:
+                    batched.setdefault(row.api_path, []).append((row, _element(row)))
                 else:
                     jobs.append(_Job([row], row.body.encode("utf-8"), leased_at))
             except (ValueError, TypeError) as exc:  # UnicodeError and JSON errors included
                 self._unsendable(conn, row, exc, result)
-        size = self._settings.orders.api_batch
-        for i in range(0, len(orders), size):
-            chunk = orders[i : i + size]
+        for members in batched.values():
+            jobs += self._batched(conn, members, leased_at, result)
+        return jobs
+
+    def _batched(
+        self,
+        conn: Connection,
+        members: list[tuple[outbox.Claimed, dict[str, Any]]],
+        leased_at: float,
+        result: DispatchResult,
+    ) -> list[_Job]:
+        """Rows of one batched path as requests of up to its batch size: ``{"orders": [...]}``
+        up to ``orders.api_batch``, ``{"events": [...]}`` up to ``backfill.events_batch``. A
+        row whose element cannot be encoded is dead; the others go without it."""
+        key = batch_key(members[0][0].api_path)
+        assert key is not None
+        settings = self._settings
+        size = settings.orders.api_batch if key == "orders" else settings.backfill.events_batch
+        jobs = []
+        for i in range(0, len(members), size):
+            chunk = members[i : i + size]
             try:
-                body = encode_body({"orders": [order for _, order in chunk]})
+                body = encode_body({key: [element for _, element in chunk]})
             except (ValueError, TypeError):
                 good = []
-                for row, order in chunk:  # find the orders that cannot be encoded
+                for row, element in chunk:  # find the elements that cannot be encoded
                     try:
-                        encode_body({"orders": [order]})
+                        encode_body({key: [element]})
                     except (ValueError, TypeError) as exc:
                         self._unsendable(conn, row, exc, result)
                     else:
-                        good.append((row, order))
+                        good.append((row, element))
                 if not good:
                     continue
                 chunk = good
-                body = encode_body({"orders": [order for _, order in chunk]})
+                body = encode_body({key: [element for _, element in chunk]})
             jobs.append(_Job([row for row, _ in chunk], body, leased_at))
         return jobs
 
@@ -603,7 +633,10 @@ class Dispatcher:
         if waited is None or run.halted():
             return None
         job.free_before = self._transport.limiter.free_runs(family_of(api_path))
-        sent = metrics.timed_send(self._transport.post, api_path, job.body)
+        if job.query is not None:
+            sent = metrics.timed_send(self._transport.delete, api_path, job.query)
+        else:
+            sent = metrics.timed_send(self._transport.post, api_path, job.body)
         if policy.classify(sent.status) is policy.Outcome.AUTH:
             run.refused.set()  # nothing more starts until the key is checked
             verdict = run.key_verdict(
@@ -634,6 +667,7 @@ class Dispatcher:
         """Record finished sends in one transaction, each row on its own: a row that cannot be
         recorded is left to its lease and takes no other row with it."""
         delivery = self._settings.delivery
+        erased = False
         with self._engine.begin() as conn:
             for job, sent in group:
                 held = self._circuit_step(conn, sent, run, self._clock())
@@ -650,6 +684,7 @@ class Dispatcher:
                                 with self._circuit_lock:
                                     self._streak_rows.append(row.id)
                             result.count(metrics.settled(row.event_type_key, settled))
+                            erased |= settled is Settled.SENT and row.event_type_key == ERASURE_TYPE
                     except Exception:
                         log.exception(
                             "event %d (%s): its result could not be recorded; it goes again "
@@ -657,6 +692,18 @@ class Dispatcher:
                             row.id,
                             row.event_type_key,
                         )
+        if erased:
+            self._clear_wal()
+
+    def _clear_wal(self) -> None:
+        """After a delivered erasure was redacted: on SQLite, checkpoint the WAL so that the
+        row's old bytes leave the ``-wal`` file too (a few short attempts, not to hold up
+        delivery; the next erasure's checkpoint finishes what this one could not)."""
+        try:
+            if not checkpoint(self._engine, attempts=CHECKPOINT_ATTEMPTS):
+                log.info("the WAL could not be checkpointed after a contact erasure (readers)")
+        except Exception:
+            log.exception("the WAL could not be checkpointed after a contact erasure")
 
     def _paused(self, conn: Connection) -> bool:
         current = pause.current(conn)
@@ -673,6 +720,8 @@ class Dispatcher:
                 if self._pause_seen:  # a success ends a pause; without one, skip the write
                     self._pause_seen = False
                     pause.resume(conn)
+                # a delivered erasure keeps no trace of the address it erased
+                redacted = REDACTED_ROW if row.event_type_key == ERASURE_TYPE else {}
                 done = outbox.settle(
                     conn,
                     row,
@@ -681,6 +730,7 @@ class Dispatcher:
                     sent_at=now,
                     response_status=status,
                     last_error=None,
+                    **redacted,
                 )
                 if done and row.subject_type in REMINDER_SUBJECTS:
                     reminders.delivered(conn, row.dedupe_key, now)
@@ -733,9 +783,21 @@ class Dispatcher:
                 assert_never(decision)
 
 
-def _order(row: outbox.Claimed) -> dict[str, Any]:
-    """An Orders API row's order as stored: a JSON object, else ``ValueError``."""
-    order = json.loads(row.body)
-    if not isinstance(order, dict):
-        raise ValueError(f"an order is a JSON object, got {type(order).__name__}")
-    return order
+BATCHED = {"orders": "orders", "past_events": "events"}
+"""Endpoints that take many rows in one request (by the path's last part: ``v1/orders``,
+``v2/past_events``), and the key of the request's list."""
+
+
+def batch_key(api_path: str) -> str | None:
+    """The list key of a batched endpoint's request (``"orders"``, ``"events"``), or None for
+    an endpoint that takes one event a request."""
+    return BATCHED.get(api_path.strip("/").rsplit("/", 1)[-1])
+
+
+def _element(row: outbox.Claimed) -> dict[str, Any]:
+    """A batched row's element as stored (an order, a past event): a JSON object, else
+    ``ValueError``."""
+    element = json.loads(row.body)
+    if not isinstance(element, dict):
+        raise ValueError(f"an element of a batch is a JSON object, got {type(element).__name__}")
+    return element

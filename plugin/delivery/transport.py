@@ -22,11 +22,11 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 import urllib3
@@ -314,7 +314,14 @@ class Transport:
 
     def post(self, api_path: str, body: bytes) -> Result:
         """POST one body now; network trouble is a result without a status, never an exception."""
-        answer = self._request("POST", api_path, body)
+        return self._result(api_path, self._request("POST", api_path, body))
+
+    def delete(self, api_path: str, query: Mapping[str, str]) -> Result:
+        """DELETE with a query (a contact erasure) now; read like :meth:`post`'s answer."""
+        return self._result(api_path, self._request("DELETE", api_path, None, query))
+
+    def _result(self, api_path: str, answer: _Answer) -> Result:
+        """What a request got back; a 429 holds back the whole family of ``api_path``."""
         if answer.status is None:
             return Result(None, answer.text)
         retry_after = parse_retry_after(answer.headers.get("Retry-After"), self._clock())
@@ -339,13 +346,20 @@ class Transport:
         answer = self._request("GET", path, None)
         return Result(answer.status, answer.text)
 
-    def _request(self, method: str, api_path: str, body: bytes | None) -> _Answer:
+    def _request(
+        self,
+        method: str,
+        api_path: str,
+        body: bytes | None,
+        query: Mapping[str, str] | None = None,
+    ) -> _Answer:
         seconds = self.deadline.total_seconds()
         with _WATCHDOG.guard(seconds) as guard:
             try:
                 response = self.session().request(
                     method,
                     self._api.endpoint(api_path),
+                    params=query,
                     data=body,
                     timeout=(
                         self._api.connect_timeout.total_seconds(),
@@ -357,7 +371,10 @@ class Transport:
             except requests.RequestException as exc:
                 if guard.expired:
                     return _Answer(None, _past_deadline(seconds), {})
-                return _Answer(None, f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX], {})
+                text = f"{type(exc).__name__}: {exc}"
+                if query:  # the error quotes the URL; a query may name a contact
+                    text = text.replace(urlencode(query), "<query>")
+                return _Answer(None, text[:ERROR_TEXT_MAX], {})
             text = _read_text(response)
         return _Answer(response.status_code, text, dict(response.headers))
 

@@ -7,7 +7,7 @@ body fits, and the body says how many were dropped.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ValidationError
@@ -117,11 +117,13 @@ def build_items_event(
     items: Sequence[CanonicalItem],
     tail: Sequence[Param],
     settings: Settings,
+    fields: Mapping[str, str] | None = None,
 ) -> tuple[str, int]:
     """A body with ``head`` params, the ``items`` param, then ``tail``; cut to fit the size limit.
 
-    Returns the encoded body text and how many products were dropped (also sent as the
-    ``items_dropped`` param when not zero).
+    ``fields`` go into the body beside the params (a past event's ``occurred``) and count
+    toward its size. Returns the encoded body text and how many products were dropped (also
+    sent as the ``items_dropped`` param when not zero).
     """
     names = settings.items
 
@@ -129,7 +131,8 @@ def build_items_event(
         params: list[Param] = [*head, (names.param, items_param(kept, names))]
         if dropped:
             params.append((names.dropped_param, str(dropped)))
-        return build_body(event_type_key, key_value, [*params, *tail], settings.api.version)
+        body = build_body(event_type_key, key_value, [*params, *tail], settings.api.version)
+        return {**body, **fields} if fields else body
 
     body, dropped = fit_items(make, items, settings.api.max_event_bytes)
     return encode_body(body).decode("utf-8"), dropped

@@ -11,13 +11,16 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, delete, insert, or_, select, update
 
 from ..errors import StorageError
 from ..payload.validation import dump_json
 from .engines import insert_new
 from .enums import OPEN_STATES, FlowState, SkipReason
+from .person import Person
 from .tables import browses
+
+TABLE = browses.name
 
 Views = list[dict[str, Any]]
 Merge = Callable[[Views, Views], Views]
@@ -131,6 +134,26 @@ def convert(conn: Connection, email: str) -> None:
         .where(browses.c.email == email, browses.c.state.in_([s.value for s in OPEN_STATES]))
         .values(state=FlowState.CONVERTED.value)
     )
+
+
+def keys_of(person: Person) -> tuple[str, ...]:
+    """The browse keys the person's views may be under: the address's and its visitors'."""
+    return (email_key(person.email), *(visitor_key(v) for v in person.visitor_ids))
+
+
+def _theirs(person: Person) -> ColumnElement[bool]:
+    return or_(browses.c.browse_key.in_(keys_of(person)), browses.c.email == person.email)
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """The person's browses, whole."""
+    query = select(browses).where(_theirs(person)).order_by(browses.c.browse_key)
+    return list(conn.execute(query))
+
+
+def forget(conn: Connection, person: Person) -> int:
+    """Delete the person's browses; how many."""
+    return int(conn.execute(delete(browses).where(_theirs(person))).rowcount)
 
 
 def _rearmed(known: Any, active: bool) -> dict[str, Any]:

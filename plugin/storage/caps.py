@@ -7,10 +7,12 @@ for two carts of the same shopper cannot both pass it.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, and_, delete
+from sqlalchemy import ColumnElement, Connection, and_, delete, func, select
 
 from .engines import delete_some, upsert_where
+from .person import Person
 from .tables import caps
 
 TABLE = caps.name
@@ -41,3 +43,18 @@ def give_back(conn: Connection, flow: str, contact: str, taken_at: datetime) -> 
 def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
     """Delete up to ``limit`` caps last taken before ``cutoff``; how many."""
     return delete_some(conn, caps, caps.c.last_at < cutoff, limit)
+
+
+def _theirs(person: Person) -> ColumnElement[bool]:
+    return func.lower(caps.c.contact) == person.email
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """When the person was last sent each marketing flow."""
+    query = select(caps).where(_theirs(person)).order_by(caps.c.flow)
+    return list(conn.execute(query))
+
+
+def forget(conn: Connection, person: Person) -> int:
+    """Delete the person's frequency caps; how many."""
+    return int(conn.execute(delete(caps).where(_theirs(person))).rowcount)

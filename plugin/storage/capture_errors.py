@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, update
 
+from ..payload.address_forms import redact as redacted
 from .engines import upsert
+from .person import Person, mentions
 from .tables import capture_errors
 
 TABLE = capture_errors.name
@@ -90,4 +93,41 @@ def total(conn: Connection) -> int:
     return int(found.scalar_one())
 
 
-__all__ = ["MESSAGE_MAX", "TABLE", "CaptureError", "newest", "record", "total"]
+def _mentioning(person: Person) -> Any:
+    text = (capture_errors.c.field, capture_errors.c.last_subject, capture_errors.c.last_error)
+    return select(capture_errors).where(mentions(text, person))
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """The rows whose field, subject or message mentions the person's address."""
+    return list(conn.execute(_mentioning(person)))
+
+
+def redact(conn: Connection, person: Person) -> int:
+    """Blank the person's address out of the rows that mention it, keeping their counts (an
+    operator still sees that captures failed, and why); how many rows."""
+    rows = held(conn, person)
+    for row in rows:
+        conn.execute(
+            update(capture_errors)
+            .where(capture_errors.c.mapping == row.mapping, capture_errors.c.field == row.field)
+            .values(
+                last_subject=None
+                if row.last_subject is None
+                else redacted(row.last_subject, person.forms),
+                last_error=redacted(row.last_error, person.forms),
+            )
+        )
+    return len(rows)
+
+
+__all__ = [
+    "MESSAGE_MAX",
+    "TABLE",
+    "CaptureError",
+    "held",
+    "newest",
+    "record",
+    "redact",
+    "total",
+]

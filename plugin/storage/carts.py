@@ -19,6 +19,7 @@ from sqlalchemy import (
     Executable,
     bindparam,
     case,
+    delete,
     exists,
     func,
     literal_column,
@@ -30,7 +31,10 @@ from sqlalchemy import (
 
 from .engines import upsert
 from .enums import OPEN_STATES, FlowState, SkipReason
+from .person import Person
 from .tables import UTCDateTime, carts
+
+TABLE = carts.name
 
 EMPTY = json.dumps([])
 EMPTY_HASH = hashlib.sha256(f"{EMPTY}|".encode()).hexdigest()
@@ -143,6 +147,31 @@ def carted_since(
     return bool(found)
 
 
+def owned_by(conn: Connection, email: str, visitor_ids: tuple[str, ...]) -> tuple[str, ...]:
+    """The ids of the carts of this contact or of these visitors (identified as it)."""
+    owner = or_(carts.c.email == email, carts.c.visitor_id.in_(visitor_ids))
+    query = select(carts.c.cart_id).where(owner).order_by(carts.c.cart_id)
+    return tuple(conn.execute(query).scalars())
+
+
+def _theirs(person: Person) -> ColumnElement[bool]:
+    return or_(
+        carts.c.email == person.email,
+        carts.c.visitor_id.in_(person.visitor_ids),
+        carts.c.cart_id.in_(person.cart_ids),
+    )
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """The person's carts, whole."""
+    return list(conn.execute(select(carts).where(_theirs(person)).order_by(carts.c.cart_id)))
+
+
+def forget(conn: Connection, person: Person) -> int:
+    """Delete the person's carts; how many."""
+    return int(conn.execute(delete(carts).where(_theirs(person))).rowcount)
+
+
 @functools.cache
 def _upsert(dialect: str) -> Executable:
     """The cart upsert, built once per dialect: building it costs more than running it.
@@ -200,11 +229,15 @@ _PARAMS = ("cart_id", "email", "visitor_id", "items", "currency", "restore_url",
 
 __all__ = [
     "EMPTY",
+    "TABLE",
     "carted_since",
     "clear",
     "content_hash",
     "convert",
+    "forget",
     "give_email",
+    "held",
+    "owned_by",
     "record",
     "reject",
 ]

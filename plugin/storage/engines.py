@@ -225,6 +225,10 @@ def _tune_sqlite(engine: Engine, limits: _Limits) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {limits.job_busy_ms}")
+        # Deleted and overwritten content is zeroed, not left in free space: an erasure leaves
+        # no bytes of the address in the file (a checkpoint then clears the WAL; README:
+        # Privacy). Every connection, since one that rewrites a row leaves its old copy.
+        cursor.execute("PRAGMA secure_delete = ON")
         if engine.url.database not in (None, "", ":memory:"):
             # Readers and the one writer do not block each other. The mode is stored in the
             # file: a shop's file shared with the plugin stays in WAL, and is backed up with
@@ -577,6 +581,41 @@ def _sqlite_capture(engine: Engine, limits: _Limits) -> Iterator[Connection]:
             raw = conn.connection.dbapi_connection if not conn.invalidated else None
             if raw is not None:
                 raw.execute(f"PRAGMA busy_timeout = {limits.job_busy_ms}")
+
+
+CHECKPOINT_ATTEMPTS = 25
+CHECKPOINT_WAIT_MS = 200
+"""How long one attempt of :func:`checkpoint` waits for readers of an older snapshot."""
+
+
+def checkpoint(engine: Engine, attempts: int = CHECKPOINT_ATTEMPTS) -> bool:
+    """On SQLite, write every committed page into the database file and truncate its ``-wal``
+    file to nothing (``PRAGMA wal_checkpoint(TRUNCATE)``): what was deleted (zeroed, with
+    ``secure_delete``) is then gone from both files. Readers still on an older snapshot hold
+    it back: each attempt waits for them up to :data:`CHECKPOINT_WAIT_MS`, at most
+    ``attempts`` times. False when it could not complete; True on other engines (nothing to
+    do) and on a database without a WAL."""
+    if engine.dialect.name != "sqlite":
+        return True
+    import sqlite3
+
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        # the raw connection, outside any transaction: a checkpoint cannot run inside one
+        previous = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+        raw.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            for _ in range(max(1, attempts)):
+                try:
+                    busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                except sqlite3.OperationalError:  # locked: another writer holds the file
+                    busy = 1
+                if not busy:
+                    return True
+        finally:
+            raw.execute(f"PRAGMA busy_timeout = {int(previous)}")
+    return False
 
 
 @contextmanager

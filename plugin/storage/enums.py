@@ -38,6 +38,8 @@ class SkipReason(StrEnum):
 
     NO_CONTACT = "no_contact"
     OPTED_OUT = "opted_out"
+    """The contact refused marketing: opted out, suppressed after an erasure, or, with
+    ``consent.mode = "opt-in"``, never opted in."""
     CAPPED = "capped"
     CANCELLED = "cancelled"
     UNBUILDABLE = "unbuildable"

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, tuple_
+from sqlalchemy import ColumnElement, Connection, delete, func, select, tuple_
 
 from .capture_errors import MESSAGE_MAX
 from .engines import upsert
+from .person import Person, mentions
 from .tables import kept_captures
 
 TABLE = kept_captures.name
@@ -127,4 +129,31 @@ def count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(kept_captures)).scalar_one())
 
 
-__all__ = ["TABLE", "KeptCapture", "count", "keep", "oldest", "release", "which"]
+def _mentioning(person: Person) -> ColumnElement[bool]:
+    text = (kept_captures.c.subject_key, kept_captures.c.subject, kept_captures.c.last_error)
+    return mentions(text, person)
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """The kept captures whose key, subject or message mentions the person's address."""
+    query = select(kept_captures).where(_mentioning(person)).order_by(kept_captures.c.first_at)
+    return list(conn.execute(query))
+
+
+def forget(conn: Connection, person: Person) -> int:
+    """Delete the kept captures that mention the person's address (tried again, they would
+    store the person anew); how many."""
+    return int(conn.execute(delete(kept_captures).where(_mentioning(person))).rowcount)
+
+
+__all__ = [
+    "TABLE",
+    "KeptCapture",
+    "count",
+    "forget",
+    "held",
+    "keep",
+    "oldest",
+    "release",
+    "which",
+]

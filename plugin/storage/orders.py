@@ -6,9 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import ColumnElement, Connection, delete, or_, select, update
 
 from .engines import delete_some, upsert
+from .person import Person
 from .tables import orders
 
 TABLE = orders.name
@@ -66,3 +67,24 @@ def statuses(conn: Connection, order_ids: Iterable[str]) -> dict[str, str]:
 def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
     """Delete up to ``limit`` orders last changed before ``cutoff``; how many."""
     return delete_some(conn, orders, orders.c.updated_at < cutoff, limit)
+
+
+def placed_by(conn: Connection, email: str) -> tuple[str, ...]:
+    """The ids of the orders of this contact."""
+    query = select(orders.c.order_id).where(orders.c.email == email).order_by(orders.c.order_id)
+    return tuple(conn.execute(query).scalars())
+
+
+def _theirs(person: Person) -> ColumnElement[bool]:
+    return or_(orders.c.email == person.email, orders.c.order_id.in_(person.order_ids))
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """The person's orders, whole."""
+    query = select(orders).where(_theirs(person)).order_by(orders.c.created_at, orders.c.order_id)
+    return list(conn.execute(query))
+
+
+def forget(conn: Connection, person: Person) -> int:
+    """Delete the person's orders; how many."""
+    return int(conn.execute(delete(orders).where(_theirs(person))).rowcount)

@@ -16,11 +16,24 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    delete,
+    exists,
+    func,
+    not_,
+    or_,
+    select,
+    update,
+)
 
 from .. import metrics
+from . import browses
 from .engines import delete_some, insert_new, is_mysql, update_returning
 from .enums import MARKETING_SUBJECTS, OutboxStatus
+from .person import Person, mentions
 from .tables import outbox
 
 TABLE = outbox.name
@@ -58,10 +71,22 @@ class Claimed:
     dedupe_key: str = ""
 
 
-def enqueue(conn: Connection, events: Sequence[NewEvent], now: datetime) -> int:
-    """Insert events as ``pending``, skipping ``dedupe_key``s already queued; returns how many."""
+def enqueue(
+    conn: Connection, events: Sequence[NewEvent], now: datetime, *, due: datetime | None = None
+) -> int:
+    """Insert events as ``pending``, skipping ``dedupe_key``s already queued; returns how many.
+
+    They are due at once, or from ``due``.
+    """
+    return len(enqueue_new(conn, events, now, due=due))
+
+
+def enqueue_new(
+    conn: Connection, events: Sequence[NewEvent], now: datetime, *, due: datetime | None = None
+) -> list[str]:
+    """:func:`enqueue`, returning the ``dedupe_key`` of each row it inserted."""
     if not events:
-        return 0
+        return []
     rows = [
         {
             **dataclasses.asdict(e),
@@ -69,14 +94,14 @@ def enqueue(conn: Connection, events: Sequence[NewEvent], now: datetime) -> int:
             "subject_type": None if e.subject_type is None else str(e.subject_type),
             "status": OutboxStatus.PENDING.value,
             "attempts": 0,
-            "next_attempt_at": now,
+            "next_attempt_at": now if due is None else due,
             "created_at": now,
         }
         for e in events
     ]
     inserted = insert_new(conn, outbox, rows, outbox.c.dedupe_key)
     metrics.enqueued(row["event_type_key"] for row in inserted)
-    return len(inserted)
+    return [row["dedupe_key"] for row in inserted]
 
 
 _CLAIMED_COLUMNS = (
@@ -264,6 +289,48 @@ def supersede_marketing(conn: Connection, key_value: str) -> list[tuple[str, dat
     return [(row.event_type_key, row.created_at) for row in rows]
 
 
+_UNSENT = (OutboxStatus.PENDING.value, OutboxStatus.IN_FLIGHT.value)
+
+
+def _theirs(person: Person) -> ColumnElement[bool]:
+    """Rows about the person: keyed by the address, about their carts, browses or orders, or
+    mentioning the address anywhere (a body, a key, the platform's answer)."""
+    subjects = (person.email, *person.cart_ids, *browses.keys_of(person), *person.order_ids)
+    text = (outbox.c.key_value, outbox.c.body, outbox.c.subject_id, outbox.c.dedupe_key)
+    return or_(
+        outbox.c.key_value == person.email,
+        outbox.c.subject_id.in_(subjects),
+        mentions([*text, outbox.c.last_error], person),
+    )
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """Every row about the person, whatever its status, oldest first."""
+    return list(conn.execute(select(outbox).where(_theirs(person)).order_by(outbox.c.id)))
+
+
+def forget(conn: Connection, person: Person, *, keep_unsent: Sequence[str] = ()) -> int:
+    """Delete every row about the person, whatever its status; how many. Rows of the types
+    ``keep_unsent`` still pending or in flight stay (a contact erasure on its way).
+
+    A row in flight is deleted too: its sender's settlement, filtered on its lease token, then
+    finds nothing and records nothing; its request may still reach the platform.
+    """
+    kept = and_(outbox.c.event_type_key.in_(keep_unsent), outbox.c.status.in_(_UNSENT))
+    gone = delete(outbox).where(_theirs(person), not_(kept))
+    return int(conn.execute(gone).rowcount)
+
+
+def unsent(conn: Connection, event_type_key: str, key_value: str) -> bool:
+    """Whether a row of this type and key is still pending or in flight."""
+    query = select(outbox.c.id).where(
+        outbox.c.event_type_key == event_type_key,
+        outbox.c.key_value == key_value,
+        outbox.c.status.in_(_UNSENT),
+    )
+    return conn.execute(query.limit(1)).first() is not None
+
+
 def replay(
     conn: Connection,
     now: datetime,
@@ -446,3 +513,14 @@ def count(conn: Connection, status: OutboxStatus) -> int:
     """How many rows have this status (``count(conn, OutboxStatus.DEAD)``: the dead letters)."""
     query = select(func.count()).select_from(outbox).where(outbox.c.status == status.value)
     return int(conn.execute(query).scalar_one())
+
+
+def count_keyed(conn: Connection, prefix: str) -> dict[str, int]:
+    """How many rows whose ``dedupe_key`` starts with ``prefix`` have each status (a
+    backfill's rows: ``"backfill:"``)."""
+    query = (
+        select(outbox.c.status, func.count())
+        .where(outbox.c.dedupe_key.startswith(prefix, autoescape=True))
+        .group_by(outbox.c.status)
+    )
+    return {status: int(n) for status, n in conn.execute(query)}

@@ -6,6 +6,9 @@ one event is sent as a probe; its success clears the pause, another 401 renews i
 
 The circuit is the same kind of shared state, for an API that does not answer: while it is
 open no worker claims, and one probe per interval (taken by one process) asks the API again.
+
+The table also keeps values made once for the whole database (:func:`keep_value`), such as the
+salt of the consent suppressions.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select, text, update
 
+from ..payload.address_forms import redact as redacted
 from .engines import is_mysql, upsert
+from .person import Person, mentions
 from .tables import runtime_state
+
+TABLE = runtime_state.name
 
 PAUSE = "delivery_paused"
 
@@ -151,3 +158,50 @@ def take_probe(conn: Connection, now: datetime, next_probe: datetime) -> bool:
 def close_circuit(conn: Connection) -> bool:
     """Close the circuit (the API answered); True if it was open."""
     return conn.execute(delete(runtime_state).where(runtime_state.c.name == CIRCUIT)).rowcount > 0
+
+
+def kept_value(conn: Connection, name: str) -> str | None:
+    """The value kept under ``name`` by :func:`keep_value`, or None."""
+    row = _state(conn, name)
+    return None if row is None else row.value
+
+
+def keep_value(conn: Connection, name: str, value: str, now: datetime) -> str:
+    """Keep ``value`` under ``name`` unless one is kept already; the value kept. When two
+    transactions race, both return the first one's."""
+    values = {"name": name, "value": value, "until": None, "updated_at": now}
+    conn.execute(upsert(conn, runtime_state, values))
+    kept = kept_value(conn, name)
+    assert kept is not None
+    return kept
+
+
+def put_value(conn: Connection, name: str, value: str, now: datetime) -> None:
+    """Keep ``value`` under ``name``, replacing what was kept (a backfill's checkpoint, written
+    in the transaction of the rows it stands for)."""
+    values = {"name": name, "value": value, "until": None, "updated_at": now}
+    conn.execute(upsert(conn, runtime_state, values, update={"value": value, "updated_at": now}))
+
+
+def drop_value(conn: Connection, name: str) -> bool:
+    """Forget the value kept under ``name``; True if there was one."""
+    return conn.execute(delete(runtime_state).where(runtime_state.c.name == name)).rowcount > 0
+
+
+def mentioning(conn: Connection, person: Person) -> list[Any]:
+    """The shared states whose value mentions the person's address (a pause's or the
+    circuit's reason quoting the platform's answer)."""
+    query = select(runtime_state).where(mentions([runtime_state.c.value], person))
+    return list(conn.execute(query.order_by(runtime_state.c.name)))
+
+
+def redact(conn: Connection, person: Person) -> int:
+    """Blank the person's address out of the shared states that mention it; how many."""
+    rows = mentioning(conn, person)
+    for row in rows:
+        conn.execute(
+            update(runtime_state)
+            .where(runtime_state.c.name == row.name)
+            .values(value=redacted(row.value, person.forms))
+        )
+    return len(rows)

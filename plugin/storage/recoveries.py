@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, delete, or_, select
 
 from . import reminders
 from .engines import delete_some, insert_new
+from .person import Person
 from .tables import recoveries
 
 TABLE = recoveries.name
@@ -91,3 +92,26 @@ def _recovered(row: Any) -> Recovered:
 def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
     """Delete up to ``limit`` recoveries of orders placed before ``cutoff``; how many."""
     return delete_some(conn, recoveries, recoveries.c.ordered_at < cutoff, limit)
+
+
+def _theirs(person: Person) -> ColumnElement[bool]:
+    return or_(
+        recoveries.c.email == person.email,
+        recoveries.c.order_id.in_(person.order_ids),
+        recoveries.c.cart_id.in_(person.cart_ids),
+    )
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """The person's orders credited to a reminder, oldest first."""
+    query = (
+        select(recoveries)
+        .where(_theirs(person))
+        .order_by(recoveries.c.ordered_at, recoveries.c.order_id)
+    )
+    return list(conn.execute(query))
+
+
+def forget(conn: Connection, person: Person) -> int:
+    """Delete the person's recovered orders; how many."""
+    return int(conn.execute(delete(recoveries).where(_theirs(person))).rowcount)

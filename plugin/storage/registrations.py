@@ -7,12 +7,16 @@ tables share is in :mod:`.activity`).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, case, update
+from sqlalchemy import Connection, case, delete, select, update
 
 from .engines import upsert
 from .enums import FlowState
+from .person import Person
 from .tables import registrations
+
+TABLE = registrations.name
 
 
 def start(conn: Connection, email: str, params: str, now: datetime) -> None:
@@ -51,3 +55,15 @@ def complete(conn: Connection, email: str, now: datetime) -> None:
         .where(registrations.c.email == email)
         .values(state=FlowState.COMPLETED.value, last_activity_at=now)
     )
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """The person's registration, if any (a list of at most one row)."""
+    query = select(registrations).where(registrations.c.email == person.email)
+    return list(conn.execute(query))
+
+
+def forget(conn: Connection, person: Person) -> int:
+    """Delete the person's registration; how many rows (0 or 1)."""
+    gone = delete(registrations).where(registrations.c.email == person.email)
+    return int(conn.execute(gone).rowcount)

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, delete, func, or_, select, update
 
+from . import browses
 from .engines import delete_some, insert_new
+from .person import Person
 from .tables import reminders
 
 TABLE = reminders.name
@@ -152,3 +154,23 @@ def _as_date(value: Any) -> date:
 def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
     """Delete up to ``limit`` reminders queued before ``cutoff``; how many."""
     return delete_some(conn, reminders, reminders.c.created_at < cutoff, limit)
+
+
+def _theirs(person: Person) -> ColumnElement[bool]:
+    subjects = (*person.cart_ids, *browses.keys_of(person))
+    return or_(reminders.c.email == person.email, reminders.c.subject_id.in_(subjects))
+
+
+def held(conn: Connection, person: Person) -> list[Any]:
+    """The reminders queued for the person, with their delivery and clicks, oldest first."""
+    query = (
+        select(reminders)
+        .where(_theirs(person))
+        .order_by(reminders.c.created_at, reminders.c.dedupe_key)
+    )
+    return list(conn.execute(query))
+
+
+def forget(conn: Connection, person: Person) -> int:
+    """Delete the reminders queued for the person (and their clicks); how many."""
+    return int(conn.execute(delete(reminders).where(_theirs(person))).rowcount)

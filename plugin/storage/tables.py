@@ -177,6 +177,32 @@ consent = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     **MYSQL_TABLE,
 )
+"""Each contact's latest consent decision: the last entry of its history."""
+
+consent_history = Table(
+    "shop_events_consent_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(254), nullable=False),
+    Column("opted_in", Boolean, nullable=False),
+    Column("source", String(200), nullable=True),
+    Column("basis", String(32), nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_shop_events_consent_history_email", "email", "id"),
+    **MYSQL_TABLE,
+)
+"""Every opt-in and opt-out, in the order recorded: where it came from (``source``) and the
+lawful basis given (``basis``)."""
+
+suppressions = Table(
+    "shop_events_suppressions",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE,
+)
+"""Addresses erased on request that must get no marketing until they opt in again, kept only
+as a salted hash (HMAC-SHA256, hex)."""
 
 outbox = Table(
     "shop_events_outbox",

@@ -1,8 +1,10 @@
 """A local stand-in for the platform's Generate event API, served on 127.0.0.1.
 
 Tests and the demo need a real HTTP peer: :class:`Receiver` answers ``POST /api/v1/event``,
-``POST /api/v2/event`` and ``POST /api/v1/orders`` with the platform's rules (HTTP Basic auth with
-the API key as password, the body checks of ``API-NOTES.md``) and ``GET /api/v1/account/info``
+``POST /api/v2/event``, ``POST /api/v1/orders`` and ``POST /api/<v1|v2>/past_events`` with the
+platform's rules (HTTP Basic auth with the API key as password, the body checks of
+``API-NOTES.md``), ``DELETE /api/v1/contact?
+externalCustomerId=…&erase=true`` (a contact erasure) and ``GET /api/v1/account/info``
 (200 for a good key, 401 otherwise), records everything it receives, can be scripted to fail,
 slow down, hang, trickle or flood an answer, or refuse chosen events, and shows an *Event
 history* page at ``/``.
@@ -20,6 +22,7 @@ import contextlib
 import dataclasses
 import hmac
 import json
+import re
 import socket
 import threading
 import time
@@ -38,6 +41,9 @@ KEY_VALUE_MAX = 300
 PARAM_NAME_MAX = 100
 MAX_BODY_BYTES = 20_000
 MAX_ORDERS = 1000
+MAX_PAST_EVENTS = 500
+OCCURRED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
+"""A past event's time as the platform's notes show it: ``2023-03-22T14:30``."""
 MAX_HOLD_SECONDS = 30.0
 FORBIDDEN_KEY_CHARS = "\u2039;\u2019\\/|\"`'^?!,>"
 KEY_PARAMS = ("contactId", "externalCustomerId", "email", "phone", "pushToken")
@@ -136,6 +142,8 @@ class Receiver:
         self._requests: list[Received] = []
         self._accepted: list[_Accepted] = []
         self._orders: list[dict[str, Any]] = []
+        self._past_events: list[dict[str, Any]] = []
+        self._erasures: list[dict[str, str]] = []
         self._connections: set[socket.socket] = set()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -248,6 +256,8 @@ class Receiver:
             self._requests.clear()
             self._accepted.clear()
             self._orders.clear()
+            self._past_events.clear()
+            self._erasures.clear()
             self._script.clear()
             self._rules.clear()
             self._arrived = 0
@@ -272,6 +282,19 @@ class Receiver:
         """Every order received by ``/api/v1/orders``, oldest first (a copy)."""
         with self._lock:
             return list(self._orders)
+
+    @property
+    def erasures(self) -> list[dict[str, str]]:
+        """The query of every contact erasure (``DELETE /api/v1/contact``) accepted, oldest
+        first (a copy)."""
+        with self._lock:
+            return list(self._erasures)
+
+    @property
+    def past_events(self) -> list[dict[str, Any]]:
+        """Every event received by ``/api/<version>/past_events``, oldest first (a copy)."""
+        with self._lock:
+            return list(self._past_events)
 
     @property
     def arrived(self) -> int:
@@ -327,9 +350,17 @@ class Receiver:
         def orders() -> Response:
             return self._handle("orders")
 
+        @app.post("/api/<version>/past_events")
+        def past_events(version: str) -> Response:
+            return self._handle(f"past_{version}")
+
         @app.get("/api/v1/account/info")
         def account_info() -> Response:
             return self._handle("account")
+
+        @app.delete("/api/v1/contact")
+        def erase_contact() -> Response:
+            return self._handle("contact")
 
         @app.route("/api/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
         def unknown(rest: str) -> Response:
@@ -394,7 +425,19 @@ class Receiver:
                 headers["WWW-Authenticate"] = 'Basic realm="api"'
         elif kind is None:
             status, text, headers = 404, f"no such method: {request.method} {request.path}", {}
-        elif kind not in {"v1", "v2", "orders"}:
+        elif kind == "contact":
+            headers = {}
+            try:
+                self._check_auth()
+                query = dict(request.args.items())
+                if not any(query.get(name) for name in KEY_PARAMS):
+                    raise _Refused(f"the contact must be named by one of {', '.join(KEY_PARAMS)}")
+                with self._lock:
+                    self._erasures.append(query)
+                status, text = 200, ""
+            except _Refused as refused:
+                status, text = refused.status, str(refused)
+        elif kind not in {"v1", "v2", "orders", "past_v1", "past_v2"}:
             status, text, headers = 404, f"unknown API version {kind!r}", {}
         else:
             headers = {}
@@ -404,6 +447,10 @@ class Receiver:
                     orders = _check_orders(raw, parsed, self.max_body_bytes)
                     with self._lock:
                         self._orders.extend(orders)
+                elif kind.startswith("past_"):
+                    events = _check_past_events(raw, parsed, kind[5:], self.max_body_bytes)
+                    with self._lock:
+                        self._past_events.extend(events)
                 else:
                     body = _check_event(raw, parsed, kind, self.max_body_bytes)
                     accepted = _Accepted(self._clock(), kind, body)
@@ -542,7 +589,10 @@ def _check_common(raw: bytes, parsed: Any, max_bytes: int) -> dict[str, Any]:
 
 
 def _check_event(raw: bytes, parsed: Any, version: str, max_bytes: int) -> dict[str, Any]:
-    body = _check_common(raw, parsed, max_bytes)
+    return _check_event_fields(_check_common(raw, parsed, max_bytes), version)
+
+
+def _check_event_fields(body: dict[str, Any], version: str) -> dict[str, Any]:
     key = body.get("eventTypeKey")
     if key is None:
         raise _Refused("eventTypeKey is required")
@@ -591,6 +641,32 @@ def _check_event(raw: bytes, parsed: Any, version: str, max_bytes: int) -> dict[
             f"keyValue is {len(key_value)} characters long; the maximum is {KEY_VALUE_MAX}"
         )
     return body
+
+
+def _check_past_events(
+    raw: bytes, parsed: Any, version: str, max_bytes: int
+) -> list[dict[str, Any]]:
+    # Each event is bound by the event size limit, the request by the batch's.
+    body = _check_common(raw, parsed, max(max_bytes, 10_000_000))
+    events = body.get("events")
+    if not isinstance(events, list) or not events:
+        raise _Refused("events must be a non-empty array")
+    if len(events) > MAX_PAST_EVENTS:
+        raise _Refused(f"{len(events)} events in one request; the maximum is {MAX_PAST_EVENTS}")
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise _Refused(f"events[{i}] must be an object")
+        size = len(json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode())
+        if size > max_bytes:
+            raise _Refused(f"events[{i}] is {size} bytes; the maximum is {max_bytes} bytes")
+        try:
+            _check_event_fields(event, version)
+        except _Refused as refused:
+            raise _Refused(f"events[{i}]: {refused}") from None
+        when = event.get("occurred")
+        if not isinstance(when, str) or not OCCURRED.fullmatch(when):
+            raise _Refused(f"events[{i}].occurred must be a time like 2023-03-22T14:30")
+    return list(events)
 
 
 def _check_orders(raw: bytes, parsed: Any, max_bytes: int) -> list[dict[str, Any]]:

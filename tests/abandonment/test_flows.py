@@ -833,7 +833,7 @@ def test_send_time_check_catches_an_opt_out_the_queue_missed(
     from shop_events.storage import consent
 
     with tracker.engine.begin() as conn:
-        consent.record(conn, ANN, True, datetime.now(UTC))
+        consent.record(conn, ANN, False, datetime.now(UTC))
     assert tracker.dispatch().superseded == 1
     assert receiver.requests == []
     [row] = outbox_rows(tracker)

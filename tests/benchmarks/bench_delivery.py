@@ -130,12 +130,15 @@ def fill(engine: Engine, count: int, chunk: int = 5000) -> float:
 # ------------------------------------------------------------------------- lean receiver
 
 
-def _event_id(body: bytes) -> int | None:
-    start = body.find(ID_MARK)
-    if start < 0:
-        return None
-    start += len(ID_MARK)
-    return int(body[start : body.index(b'"', start)])
+def _event_ids(body: bytes, marks: Sequence[bytes] = (ID_MARK,)) -> Iterator[int]:
+    """Every id in a body: one per event, many in a batch (an id follows one of ``marks``)."""
+    for mark in marks:
+        start = body.find(mark)
+        while start >= 0:
+            start += len(mark)
+            end = body.index(b'"', start)
+            yield int(body[start:end])
+            start = body.find(mark, end)
 
 
 def most_in_one_second(times: Sequence[float]) -> int:
@@ -156,15 +159,25 @@ def _lean_main(
     rate: float | None = None,
     burst: float = 0.1,
     port: int = 0,
+    marks: Sequence[bytes] = (ID_MARK,),
 ) -> None:
     """The lean receiver's process: serve, and answer ``stats`` requests on ``pipe``.
+
+    Each id found after one of ``marks`` counts once (``ids``: all of them, batches included).
 
     With ``rate``, it enforces it as the platform does: a token bucket of ``rate`` per second
     holding ``rate × burst`` tokens; a request finding it empty is answered 429 with
     ``Retry-After: 1`` at once (and is not counted as delivered).
     """
     seen = bytearray(size)
-    state: dict[str, Any] = {"arrived": 0, "first": 0.0, "last": 0.0, "other": 0, "refused": 0}
+    state: dict[str, Any] = {
+        "arrived": 0,
+        "first": 0.0,
+        "last": 0.0,
+        "other": 0,
+        "refused": 0,
+        "ids": 0,
+    }
     times = array("d")
     bucket = {"tokens": max(1.0, (rate or 0) * burst), "at": time.monotonic()}
     ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n"
@@ -204,10 +217,13 @@ def _lean_main(
                 state["arrived"] += 1
                 if latency:
                     await asyncio.sleep(latency)
-                number = _event_id(body)
-                if number is not None and number < size:
-                    seen[number] = min(255, seen[number] + 1)
-                else:
+                found = 0
+                for number in _event_ids(body, marks):
+                    if number < size:
+                        seen[number] = min(255, seen[number] + 1)
+                        found += 1
+                state["ids"] += found
+                if not found:
                     state["other"] += 1
                 state["last"] = time.monotonic()
                 writer.write(ok)
@@ -237,17 +253,23 @@ def _lean_main(
 
 
 class LeanReceiver:
-    """An asyncio HTTP/1.1 responder in its own process: 200 after ``latency``, counts ids;
-    with ``rate``, 429 above it (see :func:`_lean_main`)."""
+    """An asyncio HTTP/1.1 responder in its own process: 200 after ``latency``, counts the ids
+    after ``marks`` (every one of a batch); with ``rate``, 429 above it (see
+    :func:`_lean_main`)."""
 
     def __init__(
-        self, latency: float = 0.0, size: int = 0, rate: float | None = None, port: int = 0
+        self,
+        latency: float = 0.0,
+        size: int = 0,
+        rate: float | None = None,
+        port: int = 0,
+        marks: Sequence[bytes] = (ID_MARK,),
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self._pipe, child = context.Pipe()
         self._process = context.Process(
             target=_lean_main,
-            args=(latency, size, child, rate, 0.1, port),
+            args=(latency, size, child, rate, 0.1, port, tuple(marks)),
             daemon=True,
             name="lean-receiver",
         )

@@ -366,6 +366,26 @@ def test_orders_are_recorded(receiver: Receiver, session: requests.Session) -> N
     assert receiver.events == []
 
 
+def test_past_events_are_recorded_and_checked_like_events_with_their_time(
+    receiver: Receiver, session: requests.Session
+) -> None:
+    url = f"{receiver.base_url}/v1/past_events"
+    past = event(occurred="2023-03-22T14:30")
+    assert session.post(url, json={"events": [past]}, timeout=5).status_code == 200
+    assert receiver.past_events == [past] and receiver.events == []
+    refused = [
+        ({"events": [event()]}, "events[0].occurred must be a time like 2023-03-22T14:30"),
+        ({"events": [event(occurred="22.03.2023")]}, "events[0].occurred must be a time"),
+        ({"events": [event(eventTypeKey="a/b", occurred="2023-03-22T14:30")]}, "events[0]: "),
+        ({"events": [past] * 501}, "501 events in one request; the maximum is 500"),
+        ({"events": []}, "events must be a non-empty array"),
+    ]
+    for body, reason in refused:
+        answer = session.post(url, json=body, timeout=5)
+        assert answer.status_code == 400 and answer.text.startswith(reason), answer.text
+    assert len(receiver.past_events) == 1
+
+
 def test_unknown_paths_are_recorded_as_404(receiver: Receiver, session: requests.Session) -> None:
     assert session.post(f"{receiver.base_url}/v1/evnt", json=event(), timeout=5).status_code == 404
     assert post(session, receiver, event(), "v3").status_code == 404

@@ -42,6 +42,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -301,6 +302,7 @@ class CaptureModels:
             self._order_get["status"] = status_reader(
                 "order", order.model, order.status, order.status_map
             )
+            self._order_created = getter_of("order.created", order.model, order.created)
             self._order_load = _Loader(
                 order.model,
                 self._order,
@@ -695,8 +697,7 @@ class CaptureModels:
                 if not lines:
                     log.debug("%s has no lines yet: placed when they are committed", what)
                     continue
-                values = {name: read(name, getter, order) for name, getter in get.items()}
-                values["items"] = [read("item", mapping.item, line) for line in lines]
+                values = self._order_values(order, lines)
             except Exception as exc:
                 self._failed("order", what, exc)
                 calls.append(self._keep_now(key, what, exc))
@@ -716,6 +717,48 @@ class CaptureModels:
                 )
             )
         return calls
+
+    def _order_values(self, order: Any, lines: Iterable[Any]) -> dict[str, Any]:
+        """The order's values as :meth:`Tracker.order_placed` takes them (``id`` too), read by
+        the mapping's getters; a getter that raises is a :class:`GetterError` naming it."""
+        assert self.order is not None
+        values = {name: read(name, getter, order) for name, getter in self._order_get.items()}
+        values["items"] = [read("item", self.order.item, line) for line in lines]
+        return values
+
+    def read_order(self, order: Any) -> dict[str, Any]:
+        """A row of the order model as a past order (``order_id``, ``email``, ``items``,
+        ``total``, ``currency``, ``status``, ``created``; see :mod:`shop_events.backfill`),
+        read by the same getters as live capture. A naive ``created`` is taken as UTC; a getter
+        that raises is a :class:`GetterError` naming its field."""
+        if self.order is None or self._order is None:
+            raise ValueError("read_order needs order= (an OrderMapping)")
+        values = self._order_values(order, read("lines", self._order.read_lines, order))
+        values["order_id"] = values.pop("id")
+        values.pop("cart_id")
+        values["created"] = self.order_created(order)
+        return values
+
+    def order_created(self, order: Any) -> Any:
+        """When the order was placed, by ``OrderMapping.created`` (a naive time as UTC)."""
+        created = read("created", self._order_created, order)
+        if isinstance(created, datetime) and created.tzinfo is None:
+            return created.replace(tzinfo=UTC)
+        return created
+
+    def order_id(self, order: Any) -> str | None:
+        """The order's id as the mapping reads it, or None when it cannot be read."""
+        try:
+            value = self._order_get["id"](order)
+        except Exception:
+            return None
+        return None if value is None else str(value).strip()
+
+    @property
+    def order_parent(self) -> Parent | None:
+        """The order model with its lines, as checked against the mapping (None without
+        ``order=``)."""
+        return self._order
 
     def _kept_here(self, key: Key) -> None:
         self._kept[key] = self._kept.get(key, 0) + 1
@@ -991,13 +1034,7 @@ class _Loader:
         self.mapper = parent.mapper
         self._names = tuple(f"shop_events_key_{n}" for n in range(len(parent.columns)))
         where = [c == bindparam(n) for c, n in zip(parent.columns, self._names, strict=True)]
-        options = _followed(parent.mapper, getters)
-        if parent.lines is not None:
-            lines = joinedload(parent.lines.class_attribute)
-            references = [
-                joinedload(rel.class_attribute) for rel in _references(parent.line_mapper, parent)
-            ]
-            options.append(lines.options(*references) if references else lines)
+        options = load_options(parent, getters, joinedload)
         self._query: Select[Any] = (
             select(model).where(*where).options(*options).execution_options(populate_existing=True)
         )
@@ -1010,6 +1047,25 @@ class _Loader:
             bind_arguments={"mapper": self.mapper},
         )
         return found.unique().scalars().first()
+
+
+def load_options(
+    parent: Parent,
+    getters: Iterable[Getter[Any] | None],
+    lines_loader: Callable[[Any], Any],
+) -> list[LoaderOption]:
+    """What a read of carts or orders loads with them, rather than one query per row or line:
+    the relationships the dotted getters follow, and the lines (by ``lines_loader``:
+    ``joinedload`` for one row, ``selectinload`` for pages) with their many-to-one references.
+    Lines read by a function of the row are read by it."""
+    options = _followed(parent.mapper, getters)
+    if parent.lines is not None:
+        lines = lines_loader(parent.lines.class_attribute)
+        references = [
+            lines_loader(rel.class_attribute) for rel in _references(parent.line_mapper, parent)
+        ]
+        options.append(lines.options(*references) if references else lines)
+    return options
 
 
 def _followed(mapper: Mapper[Any], getters: Iterable[Getter[Any] | None]) -> list[LoaderOption]:

@@ -117,6 +117,11 @@ class OrderMapping(Generic[M]):
     status and a ``ship_status``); ``status_map`` turns the shop's values into the status names
     the plugin sends, e.g. ``{1: "NEW", 2: "PAID", 3: "DELIVERED", 4: "CANCELLED"}``. A value
     not in the map is sent as it is, an :class:`enum.Enum` member by its name.
+
+    ``created`` reads when the order was placed. Live capture does not need it; the backfill of
+    past orders (``flask shop-events backfill orders``) does: it is the order's date, and
+    ``--since``/``--until`` select on it (in SQL when it names a column of the order's table).
+    A naive time is taken as UTC, as SQLAlchemy's ``DateTime`` columns store it.
     """
 
     model: type[M] = dataclasses.field(kw_only=False)
@@ -132,6 +137,8 @@ class OrderMapping(Generic[M]):
     status: Getter[M] | None = None
     status_map: Mapping[Any, str] | None = None
     """The shop's status values (integers, enum members, its own words) → the status sent."""
+    created: Getter[M] | None = None
+    """When the order was placed (``"created_at"``): needed to backfill past orders."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
