@@ -83,7 +83,7 @@ class _Job:
     """Its place among the sends in progress (:meth:`.AdaptiveConcurrency.take`)."""
     queued: bool = False
     """It waited for a place: the concurrency, not the work, held it back."""
-    free_before: int | None = None
+    room_before: int | None = None
     """Runs of its family that started at once, taken by this process before its turn."""
 
 
@@ -390,10 +390,10 @@ class Dispatcher:
     def _slack(self, job: _Job) -> bool:
         """Whether the account's schedule of the job's family had room since its turn: a run
         taken meanwhile started at once, so the rate limit was not what held sends back."""
-        if job.free_before is None:
+        if job.room_before is None:
             return False
         family = family_of(job.rows[0].api_path)
-        return self._transport.limiter.free_runs(family) > job.free_before
+        return self._transport.limiter.room(family) > job.room_before
 
     def _probe_without_event(self, result: DispatchResult) -> None:
         """The circuit's probe found no event due: a check of the key asks the API instead."""
@@ -602,7 +602,7 @@ class Dispatcher:
             return None
         if waited is None or run.halted():
             return None
-        job.free_before = self._transport.limiter.free_runs(family_of(api_path))
+        job.room_before = self._transport.limiter.room(family_of(api_path))
         sent = metrics.timed_send(self._transport.post, api_path, job.body)
         if policy.classify(sent.status) is policy.Outcome.AUTH:
             run.refused.set()  # nothing more starts until the key is checked

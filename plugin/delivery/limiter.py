@@ -157,9 +157,10 @@ class _Lane:
         self._waiting = 0
         """Senders of this process inside :meth:`acquire` now."""
         self._cond = threading.Condition()
-        self.free_runs = 0
-        """Runs this process took that started at once: the schedule had room, nobody was
-        using the whole rate (see :mod:`.concurrency`)."""
+        self.room = 0
+        """Signs that this process's senders, not the rate, held it back (see
+        :mod:`.concurrency`): a run it took started at once (the account's schedule had room),
+        or a slot of a run it took passed with none of its senders asking for it."""
 
     def after_fork(self) -> None:
         """In a forked child: no thread of the parent waits here, and none holds the lock."""
@@ -208,6 +209,7 @@ class _Lane:
                         break
                     while self._taken < self._count and self._slot(self._taken) < now - LATE:
                         self._taken += 1  # nobody asked in time
+                        self.room += 1
                     if self._taken < self._count:
                         self._taken += 1
                         return self._slot(self._taken - 1)
@@ -230,7 +232,7 @@ class _Lane:
                     if start is not None:
                         self._start, self._count, self._taken = start, size, 0
                         if start <= _monotonic() + LATE:
-                            self.free_runs += 1
+                            self.room += 1
                     self._reserving = False
                     self._cond.notify_all()
 
@@ -275,10 +277,12 @@ class AccountLimiter:
         """How many senders of this process wait for a slot of ``family`` now."""
         return self._lanes[family].waiting
 
-    def free_runs(self, family: Family) -> int:
-        """How many runs of ``family`` this process took that started at once, so far: the
-        account's schedule had room (nobody was using the whole rate)."""
-        return self._lanes[family].free_runs
+    def room(self, family: Family) -> int:
+        """How often so far ``family``'s rate had room this process did not use: a run it took
+        started at once, or a slot it took passed with none of its senders asking. With
+        several processes their runs keep the schedule ahead, and the slots one of them
+        leaves unused are then the sign that it has too few senders."""
+        return self._lanes[family].room
 
     def hold(self, family: Family, seconds: float) -> None:
         """No request of ``family`` for ``seconds``, in any process sharing the schedule (the
