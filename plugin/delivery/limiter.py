@@ -160,7 +160,9 @@ class _Lane:
         self.room = 0
         """Signs that this process's senders, not the rate, held it back (see
         :mod:`.concurrency`): a run it took started at once (the account's schedule had room),
-        or a slot of a run it took passed with none of its senders asking for it."""
+        or a slot of a run it took passed while none of its senders was waiting for one. Slots
+        that pass while senders wait (they woke late on a busy host) are no such sign: more
+        senders would only make the host busier."""
 
     def after_fork(self) -> None:
         """In a forked child: no thread of the parent waits here, and none holds the lock."""
@@ -185,8 +187,9 @@ class _Lane:
 
     def _acquire(self, stop: threading.Event) -> float | None:
         began = _monotonic()
+        late = False
         while True:
-            slot = self._next_slot(stop)
+            slot = self._next_slot(stop, fresh=not late)
             if slot is None:
                 return None
             delay = slot - _monotonic()
@@ -197,9 +200,14 @@ class _Lane:
             if _monotonic() <= slot + LATE:
                 return _monotonic() - began
             # woke too late for this slot (a busy host): it is dropped, not used in a burst
+            late = True
 
-    def _next_slot(self, stop: threading.Event) -> float | None:
-        """Take the next slot of this process's run, reserving another run when it is used up."""
+    def _next_slot(self, stop: threading.Event, fresh: bool) -> float | None:
+        """Take the next slot of this process's run, reserving another run when it is used up.
+
+        ``fresh``: the caller did not just wake too late for a slot; slots it finds passed
+        unused are then room (:attr:`room`) when no other sender of this process waits.
+        """
         while True:
             with self._cond:
                 while True:
@@ -209,7 +217,8 @@ class _Lane:
                         break
                     while self._taken < self._count and self._slot(self._taken) < now - LATE:
                         self._taken += 1  # nobody asked in time
-                        self.room += 1
+                        if fresh and self._waiting == 1:
+                            self.room += 1
                     if self._taken < self._count:
                         self._taken += 1
                         return self._slot(self._taken - 1)

@@ -227,6 +227,15 @@ def test_room_is_a_run_that_starts_at_once_or_a_slot_of_ones_own_left_unused(
     assert busy.room(Family.EVENTS) == run - 1  # its own slots went unused: too few senders
 
 
+def test_slots_passed_while_a_sender_woke_late_are_no_room(clock: VirtualTime) -> None:
+    busy = AccountLimiter(account(events=400.0), Ahead())
+    busy.acquire(Family.EVENTS, clock)  # the first of a lone sender's run of 10, a second ahead
+    assert busy.room(Family.EVENTS) == 0
+    clock.on_wait = lambda: clock.advance(1.0)  # the host stalls while it waits for the second
+    busy.acquire(Family.EVENTS, clock)
+    assert busy.room(Family.EVENTS) == 0  # the other 9 slots passed while it slept late
+
+
 # --------------------------------------------------------------------- the shared schedule
 
 
