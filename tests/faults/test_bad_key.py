@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -54,11 +53,7 @@ def clock() -> Iterator[FrozenDateTimeFactory]:
         yield frozen  # type: ignore[misc]
 
 
-@pytest.fixture(autouse=True)
-def _no_shop_events_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SHOP_EVENTS_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_shop_events_environment")
 
 
 def configure(path: Path, receiver: Receiver, database_url: str, key: str) -> Path:
