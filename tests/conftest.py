@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,15 @@ from tests.support import API_KEY, SettingsFactory, migrate_database
 # module: ignoring all of ``_pytest`` would unfreeze ``time.time()`` called from a test body,
 # since freezegun gives real time to any caller within five frames of an ignored module.
 freezegun.configure(extend_ignore_list=["_pytest.timing"])
+
+
+@pytest.fixture
+def no_shop_events_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``SHOP_EVENTS_*`` variable of the machine running the tests reaches the settings (the
+    command-line tests load them from the environment as the commands do)."""
+    for name in list(os.environ):
+        if name.startswith("SHOP_EVENTS_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

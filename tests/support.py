@@ -373,6 +373,17 @@ def scan_and_dispatch(tracker: Tracker) -> int:
 
 RECOVERY_START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 """Where the recovery tests' frozen ``clock`` starts (``tests/recovery/conftest.py``)."""
+REPORT_KEYS = {
+    "abandoned",
+    "reminders_delivered",
+    "clicks",
+    "recovered_orders",
+    "recovered_revenue",
+    "recovery_rate",
+    "daily",
+    "flows",
+}
+"""The recovery report's keys as the issue names them (``recovery_report().as_json()``)."""
 
 
 def link_token(event: dict[str, Any]) -> str:

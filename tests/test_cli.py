@@ -59,11 +59,7 @@ threads = 2
     return path
 
 
-@pytest.fixture(autouse=True)
-def _no_shop_events_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SHOP_EVENTS_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_shop_events_environment")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ a period given as a duration or as dates; the same figures as ``tracker.recovery
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,21 +17,13 @@ from shop_events.cli import cli, flask_group
 from shop_events.recovery.links import open_link
 from shop_events.testing import Receiver
 
-START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+from tests.support import RECOVERY_START as START
+from tests.support import REPORT_KEYS
+
 NOW = START + timedelta(days=2)
 """When the report is asked for: every reminder and order below lies in the last 30 days."""
 HOUR = timedelta(hours=1)
 SECRET = "cli-report-secret-0123456789"
-REPORT_KEYS = {
-    "abandoned",
-    "reminders_delivered",
-    "clicks",
-    "recovered_orders",
-    "recovered_revenue",
-    "recovery_rate",
-    "daily",
-    "flows",
-}
 
 
 def write_config(path: Path, receiver: Receiver) -> Path:
@@ -65,11 +56,7 @@ secret = "{SECRET}"
     return path
 
 
-@pytest.fixture(autouse=True)
-def _no_shop_events_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SHOP_EVENTS_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_shop_events_environment")
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@ latency (350/s at 300 ms: about 105). The number is not set by hand; it is found
 finds a window:
 
 - it grows while it is what holds delivery back: a send that had waited for a free place while
-  the account's rate schedule had room (a run of slots taken meanwhile started at once) adds
-  one, so the number doubles each round trip at first, and grows by one per round trip after
-  a 429; once the rate limit is what holds sends back, runs start later and it stops growing;
+  the account's rate had room (a run of slots taken meanwhile started at once, or a slot of
+  this process went unused) adds one, so the number doubles each round trip at first, and
+  grows by one per round trip after a 429; once the rate limit is what holds sends back, runs
+  start later, every slot is used, and it stops growing;
 - it halves on a 429 (once per round trip: the 429s of sends started before the cut count as
   one), because the account is over its limit whatever this process thinks;
 - it never exceeds ``delivery.threads`` nor falls below one.

@@ -86,8 +86,9 @@ class _Job:
     """Its place among the sends in progress (:meth:`.AdaptiveConcurrency.take`)."""
     queued: bool = False
     """It waited for a place: the concurrency, not the work, held it back."""
-    free_before: int | None = None
-    """Runs of its family that started at once, taken by this process before its turn."""
+    room_before: int | None = None
+    """Signs of room in its family's rate seen by this process before its turn
+    (:meth:`.AccountLimiter.room`)."""
     query: dict[str, str] | None = None
     """A contact erasure's query: the request is a ``DELETE`` with it, without a body."""
 
@@ -397,12 +398,13 @@ class Dispatcher:
         return len(group)
 
     def _slack(self, job: _Job) -> bool:
-        """Whether the account's schedule of the job's family had room since its turn: a run
-        taken meanwhile started at once, so the rate limit was not what held sends back."""
-        if job.free_before is None:
+        """Whether the account's rate of the job's family had room since its turn that this
+        process left unused (:meth:`.AccountLimiter.room`): the rate limit was not what held
+        sends back."""
+        if job.room_before is None:
             return False
         family = family_of(job.rows[0].api_path)
-        return self._transport.limiter.free_runs(family) > job.free_before
+        return self._transport.limiter.room(family) > job.room_before
 
     def _probe_without_event(self, result: DispatchResult) -> None:
         """The circuit's probe found no event due: a check of the key asks the API instead."""
@@ -632,7 +634,7 @@ class Dispatcher:
             return None
         if waited is None or run.halted():
             return None
-        job.free_before = self._transport.limiter.free_runs(family_of(api_path))
+        job.room_before = self._transport.limiter.room(family_of(api_path))
         if job.query is not None:
             sent = metrics.timed_send(self._transport.delete, api_path, job.query)
         else:

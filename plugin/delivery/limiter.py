@@ -157,9 +157,12 @@ class _Lane:
         self._waiting = 0
         """Senders of this process inside :meth:`acquire` now."""
         self._cond = threading.Condition()
-        self.free_runs = 0
-        """Runs this process took that started at once: the schedule had room, nobody was
-        using the whole rate (see :mod:`.concurrency`)."""
+        self.room = 0
+        """Signs that this process's senders, not the rate, held it back (see
+        :mod:`.concurrency`): a run it took started at once (the account's schedule had room),
+        or a slot of a run it took passed while none of its senders was waiting for one. Slots
+        that pass while senders wait (they woke late on a busy host) are no such sign: more
+        senders would only make the host busier."""
 
     def after_fork(self) -> None:
         """In a forked child: no thread of the parent waits here, and none holds the lock."""
@@ -184,8 +187,9 @@ class _Lane:
 
     def _acquire(self, stop: threading.Event) -> float | None:
         began = _monotonic()
+        late = False
         while True:
-            slot = self._next_slot(stop)
+            slot = self._next_slot(stop, fresh=not late)
             if slot is None:
                 return None
             delay = slot - _monotonic()
@@ -196,9 +200,14 @@ class _Lane:
             if _monotonic() <= slot + LATE:
                 return _monotonic() - began
             # woke too late for this slot (a busy host): it is dropped, not used in a burst
+            late = True
 
-    def _next_slot(self, stop: threading.Event) -> float | None:
-        """Take the next slot of this process's run, reserving another run when it is used up."""
+    def _next_slot(self, stop: threading.Event, fresh: bool) -> float | None:
+        """Take the next slot of this process's run, reserving another run when it is used up.
+
+        ``fresh``: the caller did not just wake too late for a slot; slots it finds passed
+        unused are then room (:attr:`room`) when no other sender of this process waits.
+        """
         while True:
             with self._cond:
                 while True:
@@ -208,6 +217,8 @@ class _Lane:
                         break
                     while self._taken < self._count and self._slot(self._taken) < now - LATE:
                         self._taken += 1  # nobody asked in time
+                        if fresh and self._waiting == 1:
+                            self.room += 1
                     if self._taken < self._count:
                         self._taken += 1
                         return self._slot(self._taken - 1)
@@ -230,7 +241,7 @@ class _Lane:
                     if start is not None:
                         self._start, self._count, self._taken = start, size, 0
                         if start <= _monotonic() + LATE:
-                            self.free_runs += 1
+                            self.room += 1
                     self._reserving = False
                     self._cond.notify_all()
 
@@ -275,10 +286,12 @@ class AccountLimiter:
         """How many senders of this process wait for a slot of ``family`` now."""
         return self._lanes[family].waiting
 
-    def free_runs(self, family: Family) -> int:
-        """How many runs of ``family`` this process took that started at once, so far: the
-        account's schedule had room (nobody was using the whole rate)."""
-        return self._lanes[family].free_runs
+    def room(self, family: Family) -> int:
+        """How often so far ``family``'s rate had room this process did not use: a run it took
+        started at once, or a slot it took passed with none of its senders asking. With
+        several processes their runs keep the schedule ahead, and the slots one of them
+        leaves unused are then the sign that it has too few senders."""
+        return self._lanes[family].room
 
     def hold(self, family: Family, seconds: float) -> None:
         """No request of ``family`` for ``seconds``, in any process sharing the schedule (the

@@ -202,6 +202,40 @@ def test_a_lone_sender_takes_a_small_run_and_many_take_a_full_one(clock: Virtual
     assert max(schedule.spans) == pytest.approx(math.ceil(350 * RUN_SECONDS) / 350.0)
 
 
+class Ahead(LocalSchedule):
+    """A schedule that other processes keep one second ahead: no run starts at once."""
+
+    def reserve(self, family: Family, span: float) -> float:
+        return super().reserve(family, span) + 1.0
+
+
+def test_room_is_a_run_that_starts_at_once_or_a_slot_of_ones_own_left_unused(
+    clock: VirtualTime,
+) -> None:
+    free = AccountLimiter(account(events=100.0), LocalSchedule())
+    free.acquire(Family.EVENTS, clock)
+    assert free.room(Family.EVENTS) == 1  # the schedule had room: the run started at once
+
+    busy = AccountLimiter(account(events=100.0), Ahead())
+    run = math.ceil(100 * RUN_SECONDS) // 4  # a lone sender's run
+    for _ in range(3 * run + 1):  # one sender using every slot, each at its time
+        busy.acquire(Family.EVENTS, clock)
+    assert busy.room(Family.EVENTS) == 0  # the rate, not the senders, held it back
+
+    clock.advance(1.0)  # nobody asks while the rest of the fourth run passes
+    busy.acquire(Family.EVENTS, clock)
+    assert busy.room(Family.EVENTS) == run - 1  # its own slots went unused: too few senders
+
+
+def test_slots_passed_while_a_sender_woke_late_are_no_room(clock: VirtualTime) -> None:
+    busy = AccountLimiter(account(events=400.0), Ahead())
+    busy.acquire(Family.EVENTS, clock)  # the first of a lone sender's run of 10, a second ahead
+    assert busy.room(Family.EVENTS) == 0
+    clock.on_wait = lambda: clock.advance(1.0)  # the host stalls while it waits for the second
+    busy.acquire(Family.EVENTS, clock)
+    assert busy.room(Family.EVENTS) == 0  # the other 9 slots passed while it slept late
+
+
 # --------------------------------------------------------------------- the shared schedule
 
 

@@ -3,7 +3,6 @@ letters only with ``--dead``; pending events and anything newer always stay."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,12 +15,7 @@ from shop_events.testing import Receiver, Reply
 
 from tests.support import add_events, base_sections, outbox_rows, write_config
 
-
-@pytest.fixture(autouse=True)
-def _no_shop_events_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SHOP_EVENTS_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_shop_events_environment")
 
 
 def kinds(shop: Tracker) -> Counter[tuple[str, str]]:
