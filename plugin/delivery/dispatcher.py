@@ -114,6 +114,9 @@ class _Run:
         self.successors = False
         """Rows of a subject were recorded since the last look: a later event of the same
         subject, held back until they were, may be due now."""
+        self.batched = False
+        """The last claim's rows went out in fewer requests (a batched endpoint: a thousand
+        orders are one request): the next claim follows at once, not after a send."""
 
     def halted(self) -> bool:
         """Whether nothing more may start (a refused key, an open circuit)."""
@@ -305,9 +308,9 @@ class Dispatcher:
                     if pending or more:
                         continue
                     break
-                # a claim that made few jobs (a batch of orders is one request) is followed by
-                # the next one at once, not after a send: the wire would wait for the claims
-                claim_now = more and len(pending) <= self._concurrency.limit
+                # one event a request: the next claim waits for a send to finish (claiming
+                # sooner took rows ahead and cost a tenth of the rate at 100 ms)
+                claim_now = more and run.batched and len(pending) <= self._concurrency.limit
                 in_progress -= self._record(run, result, wait=not claim_now)
                 if run.successors and result.claims < claims and not run.halted():
                     more = True  # the next event of a subject just sent may be due now
@@ -334,7 +337,9 @@ class Dispatcher:
         if claimed:
             with self._engine.begin() as conn:
                 wanted = self._screen(conn, claimed, result)
-                pending.extend(self._jobs(conn, wanted, leased_at, result))
+                jobs = self._jobs(conn, wanted, leased_at, result)
+            run.batched = len(jobs) < len(wanted)
+            pending.extend(jobs)
         return result.full and not result.paused
 
     def _start(self, pending: deque[_Job], run: _Run, in_progress: int) -> int:
