@@ -21,9 +21,10 @@ from typing import Any
 import click
 from flask.cli import AppGroup, with_appcontext
 
-from .config import CONFIG_PATH_ENV, Settings, format_duration, parse_duration, scrub
+from .config import CONFIG_PATH_ENV, Settings, format_duration, parse_duration
 from .errors import ConfigError, ValidationError
 from .health import Health, problems
+from .integrations.commands import tables_missing
 from .integrations.flask.backfill import backfill
 from .payload.validation import check_email
 from .privacy.erasure import Forgotten
@@ -60,16 +61,7 @@ def _tracker(*, tables: bool = False) -> Tracker:
 def _missing_tables(tracker: Tracker) -> str | None:
     """What is wrong with the plugin's tables and how to fix it, or None when they are ready.
     A database that cannot be read stops the command with one line."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from .storage.migrate import missing_tables
-
-    try:
-        why = missing_tables(tracker.engine)
-    except SQLAlchemyError as exc:
-        reason = scrub(str(exc).splitlines()[0], tracker.settings.database.url)
-        message = f"{tracker.database}: cannot read the database: {reason}"
-        raise click.ClickException(message) from None
+    why = tables_missing(tracker)
     if why is None:
         return None
     root = click.get_current_context().find_root().command

@@ -24,18 +24,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ...backfill.rows import KEY_PREFIX
 from ...backfill.run import BackfillReport
-from ...config import format_duration, scrub
+from ...config import format_duration
 from ...delivery.limiter import Family, rate_of
 from ...errors import ValidationError
 from ...storage import outbox
 from ...storage.enums import OutboxStatus
-from ...storage.migrate import missing_tables
 from ...tracker import Tracker
+from ..commands import tables_missing
 from ..models import CaptureModels
 from ..models.history import OrdersBackfill, Period
 
@@ -290,12 +289,7 @@ def _session_of(capture: CaptureModels, how: str) -> Session:
 
 
 def _check_tables(tracker: Tracker) -> None:
-    try:
-        why = missing_tables(tracker.engine)
-    except SQLAlchemyError as exc:
-        reason = scrub(str(exc).splitlines()[0], tracker.settings.database.url)
-        message = f"{tracker.database}: cannot read the database: {reason}"
-        raise click.ClickException(message) from None
+    why = tables_missing(tracker)
     if why is not None:
         raise click.ClickException(
             f"{tracker.database}: the plugin's tables are missing ({why}): run `migrate` first"
