@@ -13,6 +13,7 @@ order's table, else on the value read (every row is then read).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator, Sequence
@@ -178,12 +179,10 @@ class OrdersBackfill:
     def _order(self, row: Any) -> object | None:
         """The row as a past order; an :class:`UnreadableOrder` when a getter raised; None when
         it lies outside the period (only where that could not be selected in SQL)."""
-        if self._created is None:
-            try:
-                if not self._period.holds(self._capture.order_created(row)):
-                    return None
-            except GetterError:
-                pass  # read_order names it
+        # a failing created getter fails read_order too, which reports it with its field
+        with contextlib.suppress(GetterError):
+            if self._created is None and not self._period.holds(self._capture.order_created(row)):
+                return None
         try:
             order = self._capture.read_order(row)
         except GetterError as exc:
