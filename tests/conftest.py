@@ -75,11 +75,11 @@ def mysql_template(mysql_server: str) -> str:
     return mysql.migrated_template(mysql_server)
 
 
-ENGINES = [
-    "sqlite",
+SERVER_ENGINES = [
     pytest.param("postgresql", marks=pytest.mark.postgres),
     pytest.param("mysql", marks=pytest.mark.mysql),
 ]
+ENGINES = ["sqlite", *SERVER_ENGINES]
 
 
 @pytest.fixture(params=ENGINES)

@@ -317,6 +317,25 @@ def measure(
     return figures, plain_ns, captured_ns
 
 
+def measure_savepoint(shop: Shop, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """The captured commit with its savepoint in one pipeline with the write (as shipped) and
+    sent as a statement of its own, in alternating blocks: median and p99 µs of each."""
+    from shop_events.storage import savepoint
+
+    shipped = savepoint._PIPELINED
+    samples: dict[str, list[int]] = {"in one pipeline": [], "apart": []}
+    try:
+        for round_ in range(args.warmup_blocks + args.blocks):
+            for how in sorted(samples, reverse=bool(round_ % 2)):
+                savepoint._PIPELINED = shipped if how == "in one pipeline" else "(none)"
+                found = run_block(shop, block_calls(shop, args.carts, args.products, round_))
+                if round_ >= args.warmup_blocks:
+                    samples[how].extend(found)
+    finally:
+        savepoint._PIPELINED = shipped
+    return {how: median_p99_us(found) for how, found in samples.items()}
+
+
 # -- where the time goes -----------------------------------------------------------------------
 
 
@@ -497,6 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="what to measure (PostgreSQL: a throwaway cluster, fsync on or off)",
     )
     parser.add_argument("--profile", action="store_true", help="statements and a cProfile")
+    parser.add_argument(
+        "--savepoint-apart",
+        action="store_true",
+        help="PostgreSQL: also the captured commit with its savepoint as a statement of its own",
+    )
     args = parser.parse_args(argv)
 
     print(f"bench_orm_commit: {machine()}")
@@ -522,6 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(figures)
                 if args.profile:
                     print_profile(variant, plain, shop, args)
+                if args.savepoint_apart and variant != "sqlite":
+                    for how, (median, p99) in measure_savepoint(shop, args).items():
+                        print(f"[{variant}] savepoint {how}: {median:.1f} / {p99:.1f} µs")
     plugin_listening(True)
     print(f"\n{'engine':<24}{'without µs':>22}{'with capture µs':>22}{'ratio':>16}")
     print(f"{'':<24}{'median / p99':>22}{'median / p99':>22}{'median / p99':>16}")

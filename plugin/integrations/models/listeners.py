@@ -33,7 +33,6 @@ apps or captures it creates; each capture handles only the sessions bound to its
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import json
@@ -77,6 +76,7 @@ from ...errors import StorageError
 from ...payload.items import canonical_items
 from ...storage import kept_captures, orders
 from ...storage.engines import transaction
+from ...storage.savepoint import savepoint
 from ...tracker import Tracker
 from .failures import ErrorLog, GetterError, describe, message_of, read
 from .mappings import (
@@ -497,7 +497,7 @@ class CaptureModels:
             try:
                 if joined:
                     conn = self._connection(session)
-                    with _savepoint(conn):
+                    with savepoint(conn, _SAVEPOINT):
                         captures += self._order_calls(session, pending, conn)
                 else:
                     with self.tracker.engine.connect() as conn:
@@ -522,12 +522,12 @@ class CaptureModels:
 
     def _run(self, capture: _Capture, conn: Connection | None) -> None:
         try:
-            with _savepoint(conn):
+            with savepoint(conn, _SAVEPOINT):
                 capture.call(conn)
         except Exception as exc:
             if capture.on_fail is not None:
                 try:
-                    with _savepoint(conn):
+                    with savepoint(conn, _SAVEPOINT):
                         capture.on_fail(conn, exc)
                 except Exception as also:
                     log.log(self._level(also), "%s: %s", capture.what, message_of(also))
@@ -994,26 +994,7 @@ def _rejected_on_fail(tracker: Tracker, cart_id: Any) -> OnFail:
 
 
 _SAVEPOINT = "shop_events_capture"
-
-
-@contextlib.contextmanager
-def _savepoint(conn: Connection | None) -> Iterator[None]:
-    """A savepoint on the host's server database connection: on PostgreSQL a failed statement
-    would abort the shop's whole transaction. (SQLite undoes only the failed statement.)
-
-    It is not released: the shop's commit follows and releases it, so a capture costs one round
-    trip for it, not two. A failure rolls back to it, which undoes only what the capture wrote;
-    a later savepoint of the same name hides it, as a nested one would.
-    """
-    if conn is None or conn.dialect.name == "sqlite":
-        yield
-        return
-    conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
-    try:
-        yield
-    except BaseException:
-        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-        raise
+"""The savepoint a capture on the host's connection writes in (see storage.savepoint)."""
 
 
 class _Loader:
