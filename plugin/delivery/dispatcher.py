@@ -671,11 +671,13 @@ class Dispatcher:
         return not job.lost
 
     def _settle_group(self, group: list[Finished], result: DispatchResult, run: _Run) -> None:
-        """Record finished sends in one transaction, each row on its own: a row that cannot be
-        recorded is left to its lease and takes no other row with it."""
+        """Record finished sends in one transaction: the rows delivered in one statement per
+        response status, every other row on its own; a row that cannot be recorded is left to
+        its lease and takes no other row with it."""
         delivery = self._settings.delivery
         erased = False
         with self._engine.begin() as conn:
+            decided: list[_Decided] = []
             for job, sent in group:
                 held = self._circuit_step(conn, sent, run, self._clock())
                 for row in job.rows:
@@ -683,24 +685,64 @@ class Dispatcher:
                         result.count(Settled.LOST_LEASE)
                         continue
                     now = self._clock()
-                    try:
-                        with conn.begin_nested():
-                            decision = policy.decide(sent, row, delivery, now, circuit_open=held)
-                            settled = self._apply(conn, row, decision, now)
-                            if settled is Settled.RETRIED and sent and policy.unreachable(sent):
-                                with self._circuit_lock:
-                                    self._streak_rows.append(row.id)
-                            result.count(metrics.settled(row.event_type_key, settled))
-                            erased |= settled is Settled.SENT and row.event_type_key == ERASURE_TYPE
-                    except Exception:
-                        log.exception(
-                            "event %d (%s): its result could not be recorded; it goes again "
-                            "once its lease runs out",
-                            row.id,
-                            row.event_type_key,
-                        )
+                    decision = policy.decide(sent, row, delivery, now, circuit_open=held)
+                    decided.append((row, decision, now, sent))
+            for row, decision, now, sent in self._settle_delivered(conn, decided, result):
+                try:
+                    with conn.begin_nested():
+                        settled = self._apply(conn, row, decision, now)
+                        if settled is Settled.RETRIED and sent and policy.unreachable(sent):
+                            with self._circuit_lock:
+                                self._streak_rows.append(row.id)
+                        result.count(metrics.settled(row.event_type_key, settled))
+                        erased |= settled is Settled.SENT and row.event_type_key == ERASURE_TYPE
+                except Exception:
+                    log.exception(
+                        "event %d (%s): its result could not be recorded; it goes again "
+                        "once its lease runs out",
+                        row.id,
+                        row.event_type_key,
+                    )
         if erased:
             self._clear_wal()
+
+    def _settle_delivered(
+        self,
+        conn: Connection,
+        decided: list[_Decided],
+        result: DispatchResult,
+    ) -> list[_Decided]:
+        """Settle the delivered rows of a group together, one statement per response status
+        (a delivered erasure is redacted on its own); the decisions left to apply row by row.
+        A statement that fails leaves its rows to that."""
+        if self._pause_seen and any(isinstance(d, policy.Sent) for _, d, _, _ in decided):
+            return decided  # the first success ends the pause: row by row, as _apply does
+        together: dict[int | None, list[_Decided]] = {}
+        rest: list[_Decided] = []
+        for entry in decided:
+            row, decision = entry[0], entry[1]
+            if isinstance(decision, policy.Sent) and row.event_type_key != ERASURE_TYPE:
+                together.setdefault(decision.status, []).append(entry)
+            else:
+                rest.append(entry)
+        for status, entries in together.items():
+            claimed = [entry[0] for entry in entries]
+            try:
+                with conn.begin_nested():
+                    done = outbox.settle_sent(
+                        conn, claimed, sent_at=entries[-1][2], response_status=status
+                    )
+                    for row, _, now, _ in entries:
+                        if row.id in done and row.subject_type in REMINDER_SUBJECTS:
+                            reminders.delivered(conn, row.dedupe_key, now)
+            except Exception:
+                log.exception("%d delivered events could not be recorded together", len(entries))
+                rest += entries
+                continue
+            for row in claimed:
+                settled = Settled.SENT if row.id in done else Settled.LOST_LEASE
+                result.count(metrics.settled(row.event_type_key, settled))
+        return rest
 
     def _clear_wal(self) -> None:
         """After a delivered erasure was redacted: on SQLite, checkpoint the WAL so that the
@@ -789,6 +831,9 @@ class Dispatcher:
             case _:
                 assert_never(decision)
 
+
+_Decided = tuple[outbox.Claimed, policy.Decision, datetime, policy.Result | None]
+"""A finished row, what the policy decided for it, when, and the send's result."""
 
 BATCHED = {"orders": "orders", "past_events": "events"}
 """Endpoints that take many rows in one request (by the path's last part: ``v1/orders``,

@@ -26,6 +26,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    tuple_,
     update,
 )
 
@@ -246,6 +247,33 @@ def settle(conn: Connection, claimed: Claimed, status: OutboxStatus, **values: A
         .values(status=status.value, lease_token=None, lease_expires_at=None, **values)
     )
     return conn.execute(stmt).rowcount == 1
+
+
+def settle_sent(
+    conn: Connection, rows: Sequence[Claimed], *, sent_at: datetime, response_status: int | None
+) -> set[int]:
+    """End this worker's lease on ``rows`` as delivered, each with one more attempt, in one
+    statement (:func:`settle` row by row costs a round trip each); the ids settled: a row whose
+    lease was taken over meanwhile is not."""
+    if not rows:
+        return set()
+    held = tuple_(outbox.c.id, outbox.c.lease_token).in_([(row.id, row.token) for row in rows])
+    done = update_returning(
+        conn,
+        outbox,
+        held,
+        {
+            "attempts": outbox.c.attempts + 1,
+            "status": OutboxStatus.SENT.value,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "sent_at": sent_at,
+            "response_status": response_status,
+            "last_error": None,
+        },
+        [outbox.c.id],
+    )
+    return {found.id for found in done}
 
 
 def forgive(conn: Connection, ids: Iterable[int]) -> int:

@@ -20,7 +20,7 @@ from shop_events import Item, Tracker
 from shop_events.storage.enums import OutboxStatus
 from shop_events.storage.tables import carts, outbox
 from shop_events.testing import Receiver, Reply
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from tests.support import API_KEY, DATA, SettingsFactory
 
@@ -434,3 +434,27 @@ def test_rolled_back_host_transaction_leaves_no_cart(
     with tracker.engine.connect() as conn:
         assert [r.cart_id for r in conn.execute(select(carts.c.cart_id))] == ["c-2"]
     assert rows(tracker) == []
+
+
+def test_delivered_events_are_recorded_by_groups_not_one_statement_each(
+    tracker: Tracker, receiver: Receiver, clock: FrozenDateTimeFactory
+) -> None:
+    for n in range(12):
+        tracker.logged_in(f"shopper-{n}@example.com")
+    settled: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        flat = " ".join(statement.split())
+        if flat.startswith(f"UPDATE {outbox.name} SET") and "sent_at" in flat:
+            settled.append(flat)
+
+    event.listen(tracker.engine, "before_cursor_execute", note)
+    try:
+        assert tracker.dispatch().sent == 12
+    finally:
+        event.remove(tracker.engine, "before_cursor_execute", note)
+    assert [(r.status, r.attempts) for r in rows(tracker)] == [("sent", 1)] * 12
+    assert len(receiver.events) == 12
+    # one statement for all the rows of a group, not one a row (each settled by its lease)
+    assert settled
+    assert not [s for s in settled if f"WHERE {outbox.name}.id = " in s]

@@ -168,3 +168,58 @@ def test_an_upsert_that_reads_a_column_set_before_it_is_refused() -> None:
     upsert("mysql", carts_table, values, update=in_order)
     with pytest.raises(ValueError, match=r"shop_events_carts\.version: reads content_hash"):
         upsert("mariadb", carts_table, values, update=in_order[::-1])
+
+
+def test_delivered_rows_are_settled_together_but_only_those_this_worker_still_holds(
+    engine: Engine,
+) -> None:
+    events = [
+        NewEvent(
+            dedupe_key=f"e-{n}",
+            event_type_key="login",
+            key_value="ann@example.com",
+            api_path="v1/event",
+            body="{}",
+        )
+        for n in range(4)
+    ]
+    with engine.begin() as conn:
+        outbox.enqueue(conn, events, NOW)
+        claimed = outbox.claim(conn, NOW, timedelta(minutes=5), 10)
+    assert len(claimed) == 4
+    taken_over = claimed[3]
+    with engine.begin() as conn:  # another worker took the last row's expired lease
+        conn.execute(
+            outbox_table.update()
+            .where(outbox_table.c.id == taken_over.id)
+            .values(lease_token="someone-else")
+        )
+        done = outbox.settle_sent(conn, claimed, sent_at=NOW, response_status=202)
+    assert done == {row.id for row in claimed[:3]}
+    with engine.connect() as conn:
+        rows = {
+            row.id: row
+            for row in conn.execute(
+                select(
+                    outbox_table.c.id,
+                    outbox_table.c.status,
+                    outbox_table.c.attempts,
+                    outbox_table.c.lease_token,
+                    outbox_table.c.response_status,
+                    outbox_table.c.sent_at,
+                )
+            )
+        }
+    for row in claimed[:3]:
+        stored = rows[row.id]
+        assert (stored.status, stored.attempts, stored.lease_token) == (
+            "sent",
+            row.attempts + 1,
+            None,
+        )
+        assert stored.response_status == 202
+        assert stored.sent_at.replace(tzinfo=UTC) == NOW
+    assert (rows[taken_over.id].status, rows[taken_over.id].lease_token) == (
+        "in_flight",
+        "someone-else",
+    )
