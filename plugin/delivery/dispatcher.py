@@ -671,13 +671,15 @@ class Dispatcher:
         return not job.lost
 
     def _settle_group(self, group: list[Finished], result: DispatchResult, run: _Run) -> None:
-        """Record finished sends in one transaction: the rows delivered in one statement per
-        response status, every other row on its own; a row that cannot be recorded is left to
-        its lease and takes no other row with it."""
+        """Record finished sends in one transaction, in the order they finished: the rows
+        delivered together at the end (one statement per response status), every other row on
+        its own as its send is counted toward the circuit (a send that trips it gives the
+        attempts of the streak's rows, settled before it, back); a row that cannot be recorded
+        is left to its lease and takes no other row with it."""
         delivery = self._settings.delivery
         erased = False
+        delivered: list[_Decided] = []
         with self._engine.begin() as conn:
-            decided: list[_Decided] = []
             for job, sent in group:
                 held = self._circuit_step(conn, sent, run, self._clock())
                 for row in job.rows:
@@ -686,45 +688,51 @@ class Dispatcher:
                         continue
                     now = self._clock()
                     decision = policy.decide(sent, row, delivery, now, circuit_open=held)
-                    decided.append((row, decision, now, sent))
-            for row, decision, now, sent in self._settle_delivered(conn, decided, result):
-                try:
-                    with conn.begin_nested():
-                        settled = self._apply(conn, row, decision, now)
-                        if settled is Settled.RETRIED and sent and policy.unreachable(sent):
-                            with self._circuit_lock:
-                                self._streak_rows.append(row.id)
-                        result.count(metrics.settled(row.event_type_key, settled))
-                        erased |= settled is Settled.SENT and row.event_type_key == ERASURE_TYPE
-                except Exception:
-                    log.exception(
-                        "event %d (%s): its result could not be recorded; it goes again "
-                        "once its lease runs out",
-                        row.id,
-                        row.event_type_key,
-                    )
+                    if (
+                        isinstance(decision, policy.Sent)
+                        and row.event_type_key != ERASURE_TYPE
+                        and not self._pause_seen
+                    ):
+                        delivered.append((row, decision, now, sent))
+                    else:
+                        erased |= self._settle_one(conn, (row, decision, now, sent), result)
+            for entry in self._settle_delivered(conn, delivered, result):
+                erased |= self._settle_one(conn, entry, result)
         if erased:
             self._clear_wal()
 
+    def _settle_one(self, conn: Connection, entry: _Decided, result: DispatchResult) -> bool:
+        """Record one row's outcome in a savepoint of its own; whether it was a delivered
+        erasure."""
+        row, decision, now, sent = entry
+        try:
+            with conn.begin_nested():
+                settled = self._apply(conn, row, decision, now)
+                if settled is Settled.RETRIED and sent and policy.unreachable(sent):
+                    with self._circuit_lock:
+                        self._streak_rows.append(row.id)
+                result.count(metrics.settled(row.event_type_key, settled))
+                return settled is Settled.SENT and row.event_type_key == ERASURE_TYPE
+        except Exception:
+            log.exception(
+                "event %d (%s): its result could not be recorded; it goes again once its "
+                "lease runs out",
+                row.id,
+                row.event_type_key,
+            )
+            return False
+
     def _settle_delivered(
-        self,
-        conn: Connection,
-        decided: list[_Decided],
-        result: DispatchResult,
+        self, conn: Connection, delivered: list[_Decided], result: DispatchResult
     ) -> list[_Decided]:
-        """Settle the delivered rows of a group together, one statement per response status
-        (a delivered erasure is redacted on its own); the decisions left to apply row by row.
-        A statement that fails leaves its rows to that."""
-        if self._pause_seen and any(isinstance(d, policy.Sent) for _, d, _, _ in decided):
-            return decided  # the first success ends the pause: row by row, as _apply does
+        """Settle delivered rows together, one statement per response status; those of a
+        statement that failed are returned, to be recorded row by row."""
         together: dict[int | None, list[_Decided]] = {}
+        for entry in delivered:
+            decision = entry[1]
+            assert isinstance(decision, policy.Sent)
+            together.setdefault(decision.status, []).append(entry)
         rest: list[_Decided] = []
-        for entry in decided:
-            row, decision = entry[0], entry[1]
-            if isinstance(decision, policy.Sent) and row.event_type_key != ERASURE_TYPE:
-                together.setdefault(decision.status, []).append(entry)
-            else:
-                rest.append(entry)
         for status, entries in together.items():
             claimed = [entry[0] for entry in entries]
             try:
