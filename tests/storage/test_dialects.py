@@ -142,17 +142,22 @@ def test_writers_racing_for_one_frequency_cap_let_exactly_one_through(engine: En
     assert sorted(later) == [False] * (RACERS - 1) + [True]
 
 
-def test_writers_racing_to_queue_the_same_events_queue_each_once(engine: Engine) -> None:
-    events = [
+def ann_events(count: int) -> list[NewEvent]:
+    """``count`` distinct events of one contact for the events endpoint."""
+    return [
         NewEvent(
-            dedupe_key=f"event-{i}",
+            dedupe_key=f"event-{n}",
             event_type_key="wishlist",
             key_value="ann@example.com",
             api_path="v1/event",
             body="{}",
         )
-        for i in range(60)
+        for n in range(count)
     ]
+
+
+def test_writers_racing_to_queue_the_same_events_queue_each_once(engine: Engine) -> None:
+    events = ann_events(60)
     queued = race(engine, lambda conn: outbox.enqueue(conn, events, NOW))
     assert sum(queued) == len(events)
     with engine.connect() as conn:
@@ -173,16 +178,7 @@ def test_an_upsert_that_reads_a_column_set_before_it_is_refused() -> None:
 def test_delivered_rows_are_settled_together_but_only_those_this_worker_still_holds(
     engine: Engine,
 ) -> None:
-    events = [
-        NewEvent(
-            dedupe_key=f"e-{n}",
-            event_type_key="login",
-            key_value="ann@example.com",
-            api_path="v1/event",
-            body="{}",
-        )
-        for n in range(4)
-    ]
+    events = ann_events(4)
     with engine.begin() as conn:
         outbox.enqueue(conn, events, NOW)
         claimed = outbox.claim(conn, NOW, timedelta(minutes=5), 10)
