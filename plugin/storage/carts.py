@@ -32,6 +32,7 @@ from sqlalchemy import (
 from .engines import upsert
 from .enums import OPEN_STATES, FlowState, SkipReason
 from .person import Person
+from .savepoint import DEFERRABLE
 from .tables import UTCDateTime, carts
 
 TABLE = carts.name
@@ -222,7 +223,8 @@ def _upsert(dialect: str) -> Executable:
         "created_at": now,
     }
     upserted: Executable = upsert(dialect, carts, values, update=assignments)
-    return upserted
+    # its result is not read: on the host's connection it may go with the host's commit
+    return upserted.execution_options(**{DEFERRABLE: True})
 
 
 _PARAMS = ("cart_id", "email", "visitor_id", "items", "currency", "restore_url", "content_hash")

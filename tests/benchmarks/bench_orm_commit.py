@@ -317,22 +317,30 @@ def measure(
     return figures, plain_ns, captured_ns
 
 
-def measure_savepoint(shop: Shop, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    """The captured commit with its savepoint in one pipeline with the write (as shipped) and
-    sent as a statement of its own, in alternating blocks: median and p99 µs of each."""
+def measure_ways(shop: Shop, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """The captured commit as shipped (psycopg 3: the savepoint in one pipeline with the
+    capture's first statement, the cart upsert in one pipeline with the COMMIT), with the upsert
+    sent at once (with the savepoint, before the COMMIT), and with the savepoint as a statement
+    of its own too, in alternating blocks: median and p99 µs of each."""
     from shop_events.storage import savepoint
 
-    shipped = savepoint._PIPELINED
-    samples: dict[str, list[int]] = {"in one pipeline": [], "apart": []}
+    pipelined, deferring = savepoint._PIPELINED, savepoint._DEFERRING
+    ways = {
+        "with the commit": (pipelined, True),
+        "write at once": (pipelined, False),
+        "savepoint apart": ("(none)", False),
+    }
+    samples: dict[str, list[int]] = {how: [] for how in ways}
     try:
         for round_ in range(args.warmup_blocks + args.blocks):
-            for how in sorted(samples, reverse=bool(round_ % 2)):
-                savepoint._PIPELINED = shipped if how == "in one pipeline" else "(none)"
+            order = list(ways) if round_ % 2 else list(reversed(ways))
+            for how in order:
+                savepoint._PIPELINED, savepoint._DEFERRING = ways[how]
                 found = run_block(shop, block_calls(shop, args.carts, args.products, round_))
                 if round_ >= args.warmup_blocks:
                     samples[how].extend(found)
     finally:
-        savepoint._PIPELINED = shipped
+        savepoint._PIPELINED, savepoint._DEFERRING = pipelined, deferring
     return {how: median_p99_us(found) for how, found in samples.items()}
 
 
@@ -517,9 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--profile", action="store_true", help="statements and a cProfile")
     parser.add_argument(
-        "--savepoint-apart",
+        "--ways",
         action="store_true",
-        help="PostgreSQL: also the captured commit with its savepoint as a statement of its own",
+        help="PostgreSQL: also the captured commit with its write sent at once, and with its "
+        "savepoint as a statement of its own",
     )
     args = parser.parse_args(argv)
 
@@ -546,9 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(figures)
                 if args.profile:
                     print_profile(variant, plain, shop, args)
-                if args.savepoint_apart and variant != "sqlite":
-                    for how, (median, p99) in measure_savepoint(shop, args).items():
-                        print(f"[{variant}] savepoint {how}: {median:.1f} / {p99:.1f} µs")
+                if args.ways and variant != "sqlite":
+                    for how, (median, p99) in measure_ways(shop, args).items():
+                        print(f"[{variant}] captured, {how}: {median:.1f} / {p99:.1f} µs")
     plugin_listening(True)
     print(f"\n{'engine':<24}{'without µs':>22}{'with capture µs':>22}{'ratio':>16}")
     print(f"{'':<24}{'median / p99':>22}{'median / p99':>22}{'median / p99':>16}")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import os
@@ -72,6 +73,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.interfaces import LoaderOption
 
+from ...config import scrub
 from ...errors import StorageError
 from ...payload.items import canonical_items
 from ...storage import kept_captures, orders
@@ -508,7 +510,7 @@ class CaptureModels:
         if joined:
             conn = self._connection(session)
             for capture in captures:
-                self._run(capture, conn)
+                self._run(capture, conn, pending)
         else:
             pending.deferred += captures
 
@@ -520,9 +522,12 @@ class CaptureModels:
     def _connection(self, session: Session) -> Connection:
         return session.connection(bind_arguments={"mapper": self._any_mapper})
 
-    def _run(self, capture: _Capture, conn: Connection | None) -> None:
+    def _run(
+        self, capture: _Capture, conn: Connection | None, pending: _Pending | None = None
+    ) -> None:
+        late = None if pending is None else functools.partial(self._failed_late, capture, pending)
         try:
-            with savepoint(conn, _SAVEPOINT):
+            with savepoint(conn, _SAVEPOINT, on_late_failure=late):
                 capture.call(conn)
         except Exception as exc:
             if capture.on_fail is not None:
@@ -532,6 +537,18 @@ class CaptureModels:
                 except Exception as also:
                     log.log(self._level(also), "%s: %s", capture.what, message_of(also))
             self._failed(capture.mapping, capture.what, exc)
+
+    def _failed_late(self, capture: _Capture, pending: _Pending, exc: Exception) -> None:
+        """The capture's write, sent with the host's commit, failed there and was rolled back
+        (the shop's commit goes on): counted now, its ``on_fail`` written after the commit."""
+        reason = scrub(message_of(exc), self.tracker.settings.database.url)
+        error = StorageError(f"{capture.what} was not recorded: {reason}")
+        on_fail = capture.on_fail
+        if on_fail is not None:
+            pending.deferred.append(
+                _Capture(capture.mapping, capture.what, lambda conn: on_fail(conn, error))
+            )
+        self._failed(capture.mapping, capture.what, error)
 
     def _failed(self, mapping: str, what: str, exc: Exception) -> None:
         failure = describe(exc)

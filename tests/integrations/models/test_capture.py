@@ -503,6 +503,32 @@ def test_a_capture_the_database_refuses_leaves_the_shops_commit_and_the_other_ca
     assert names(cart_row(tracker, ids[1])) == [("Styler", "1")]
 
 
+def test_a_cart_whose_new_state_the_database_refuses_is_suppressed_and_counted(
+    tracker: Tracker, shop_engine: Engine
+) -> None:
+    """The refused write goes with the shop's commit on PostgreSQL and fails there: the shop's
+    commit goes on, and the cart recorded before is not reminded with its older state."""
+    refuse_carts_holding(tracker.engine, "Refused")
+    capture = CaptureModels(tracker, cart=CART, engines=shop_engine)
+    try:
+        with Session(shop_engine) as session:
+            cart = new_cart(session, ("Styler", "2.00", 1), email="a@ex.com")
+            assert cart_row(tracker, cart.id).state == "active"
+            cart.lines.append(CartLine(name="Refused", price=Decimal(1)))
+            session.commit()
+            cart_id = cart.id
+    finally:
+        capture.close()
+    with Session(shop_engine) as session:  # the shop's line is there
+        assert len(session.execute(select(CartLine)).all()) == 2
+    row = cart_row(tracker, cart_id)
+    assert (row.state, row.skip_reason) == ("suppressed", "invalid")
+    assert names(row) == [("Styler", "1")]
+    [error] = tracker.health().capture_errors
+    assert (error.mapping, error.count) == ("cart", 1)
+    assert (error.last_subject, "refused" in error.last_error) == (f"the cart {cart_id}", True)
+
+
 # -- one set of listeners, any number of apps ------------------------------------------------
 
 
