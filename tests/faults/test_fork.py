@@ -9,11 +9,13 @@ parent keeps using the database. Every event is delivered once.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import select
 import signal
 import threading
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,6 +84,7 @@ def run_child(shop: Tracker, parent_session: object, go: int, report_to: int) ->
     report["own_session"] = shop.transport.session() is not parent_session
     shop.shutdown()
     report["running_after_shutdown"] = shop.scheduler.running
+    faulthandler.cancel_dump_traceback_later()
     os.write(report_to, json.dumps(report).encode())
 
 
@@ -103,7 +106,14 @@ def test_forked_child_delivers_with_its_own_threads_and_session(
         try:
             os.close(report_read)
             os.close(go_write)
-            run_child(shop, parent_session, go_read, report_write)
+            # should the child hang, its threads' stacks are its report (before the parent
+            # gives up at 2 × WAIT); should it fail, its traceback is
+            faulthandler.dump_traceback_later(1.5 * WAIT, file=report_write)
+            try:
+                run_child(shop, parent_session, go_read, report_write)
+            except BaseException:
+                os.write(report_write, traceback.format_exc().encode())
+                raise
             code = 0
         finally:
             os._exit(code)
@@ -130,11 +140,11 @@ def test_forked_child_delivers_with_its_own_threads_and_session(
     finally:
         os.close(report_read)
         os.close(go_write)
-        if not data:
+        if not data.startswith(b"{"):  # no report: stuck, or failed (its stacks, its error)
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     assert data, "the child did not report in time"
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert os.waitstatus_to_exitcode(status) == 0, data.decode(errors="replace")
     report = json.loads(data)
     rows = outbox_rows(shop.engine)
 
