@@ -263,33 +263,33 @@ def _execute(
     ):
         scope.deferred.append((statement, parameters))
         return True
-    owed = info.pop(_OWED, None)
-    if owed is not None:
-        _send(raw, owed)
-    if scope is None or scope.sent:
-        return False  # the statement goes as it would
-    scope.sent = True
-    deferred, scope.deferred = scope.deferred, []
-    with raw.pipeline():
-        cursor.execute(f"SAVEPOINT {scope.name}")
-        for earlier, earlier_parameters in deferred:
-            cursor.execute(earlier, earlier_parameters)
-        cursor.execute(statement, parameters)  # last: the cursor holds its result
-    return True
+    return _catch_up(cursor, info, scope, (statement, parameters))
 
 
 def _do_executemany(cursor: Any, statement: str, parameters: Sequence[Any], context: Any) -> bool:
     info, scope = _state(context)
-    if info is None:
-        return False
+    if info is not None:
+        _catch_up(cursor, info, scope, None)
+    return False  # the statement itself goes as it would
+
+
+def _catch_up(
+    cursor: Any, info: dict[Any, Any], scope: _Scope | None, statement: _Write | None
+) -> bool:
+    """Before ``statement`` goes: what closed blocks owe, then the open block's savepoint and
+    its held writes, in one pipeline with ``statement`` when given. True when it was sent."""
     owed = info.pop(_OWED, None)
     if owed is not None:
         _send(cursor.connection, owed)
-    if scope is not None and not scope.sent:
-        scope.sent = True
-        deferred, scope.deferred = scope.deferred, []
-        with cursor.connection.pipeline():
-            cursor.execute(f"SAVEPOINT {scope.name}")
-            for earlier, earlier_parameters in deferred:
-                cursor.execute(earlier, earlier_parameters)
-    return False  # the statement itself goes as it would
+    if scope is None or scope.sent:
+        return False  # the statement goes as it would
+    scope.sent = True
+    held, scope.deferred = scope.deferred, []
+    with cursor.connection.pipeline():
+        cursor.execute(f"SAVEPOINT {scope.name}")
+        for write, write_parameters in held:
+            cursor.execute(write, write_parameters)
+        if statement is None:
+            return False
+        cursor.execute(*statement)  # last: the cursor holds its result
+    return True
