@@ -7,7 +7,6 @@ new version, so each version is reminded at most once.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from datetime import datetime
@@ -16,7 +15,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Executable,
+    Insert,
     bindparam,
     case,
     delete,
@@ -32,6 +31,7 @@ from sqlalchemy import (
 from .engines import upsert
 from .enums import OPEN_STATES, FlowState, SkipReason
 from .person import Person
+from .prepared import Prepared
 from .savepoint import DEFERRABLE
 from .tables import UTCDateTime, carts
 
@@ -58,8 +58,8 @@ def record(
     now: datetime,
 ) -> None:
     """Store the whole cart (``items`` is its JSON snapshot) as of ``now``."""
-    conn.execute(
-        _upsert(conn.dialect.name),
+    _UPSERT.execute(
+        conn,
         {
             "cart_id": cart_id,
             "email": email,
@@ -173,9 +173,8 @@ def forget(conn: Connection, person: Person) -> int:
     return int(conn.execute(delete(carts).where(_theirs(person))).rowcount)
 
 
-@functools.cache
-def _upsert(dialect: str) -> Executable:
-    """The cart upsert, built once per dialect: building it costs more than running it.
+def _upsert(dialect: str) -> Insert:
+    """The cart upsert: prepared (``_UPSERT``), as it runs in every captured commit of the host.
 
     A changed cart becomes a new version and (again) ``active``; an unchanged one only records
     the activity, so a shopper who looks at an abandoned cart does not re-arm it. A cart
@@ -219,13 +218,16 @@ def _upsert(dialect: str) -> Executable:
         "version": literal_column("1"),
         "state": active,
         "skip_reason": null(),
+        "step": literal_column("0"),
         "last_activity_at": now,
         "created_at": now,
     }
-    upserted: Executable = upsert(dialect, carts, values, update=assignments)
+    upserted = upsert(dialect, carts, values, update=assignments)
     # its result is not read: on the host's connection it may go with the host's commit
     return upserted.execution_options(**{DEFERRABLE: True})
 
+
+_UPSERT = Prepared(_upsert)
 
 _PARAMS = ("cart_id", "email", "visitor_id", "items", "currency", "restore_url", "content_hash")
 
