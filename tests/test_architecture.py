@@ -20,6 +20,7 @@ COLUMN_TYPES = frozenset({"UTCDateTime"})
 HOST_SQL = {
     # these read and write the host's own models, never a plugin table
     "integrations/models/listeners.py",
+    "integrations/models/loading.py",
     "integrations/models/mappings.py",
     "integrations/models/history.py",
     # the demo shop's own tables (prefix demo_)

@@ -33,7 +33,8 @@ from ...backfill.run import (
 )
 from ...errors import ValidationError
 from .failures import GetterError, message_of
-from .listeners import CaptureModels, load_options
+from .listeners import CaptureModels
+from .loading import load_options
 
 
 @dataclasses.dataclass(frozen=True)

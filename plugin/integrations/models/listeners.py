@@ -49,9 +49,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    Select,
     Table,
-    bindparam,
     event,
     inspect,
     select,
@@ -62,16 +60,12 @@ from sqlalchemy.orm import (
     InstanceState,
     Mapper,
     ORMExecuteState,
-    RelationshipDirection,
-    RelationshipProperty,
     Session,
     SessionTransaction,
     UOWTransaction,
-    joinedload,
     scoped_session,
 )
 from sqlalchemy.orm.attributes import instance_state
-from sqlalchemy.orm.interfaces import LoaderOption
 
 from ...config import scrub
 from ...errors import StorageError
@@ -81,10 +75,10 @@ from ...storage.engines import transaction
 from ...storage.savepoint import savepoint
 from ...tracker import Tracker
 from .failures import ErrorLog, GetterError, describe, message_of, read
+from .loading import Loader
 from .mappings import (
     CartMapping,
     CustomerMapping,
-    Getter,
     ItemGetter,
     Key,
     OrderMapping,
@@ -288,7 +282,7 @@ class CaptureModels:
             self._cart_get = {
                 name: getter_of(f"cart.{name}", cart.model, getattr(cart, name)) for name in fields
             }
-            self._cart_load = _Loader(
+            self._cart_load = Loader(
                 cart.model, self._cart, [getattr(cart, name) for name in fields]
             )
             self._roles[self._cart.mapper] = _Role.CART
@@ -305,7 +299,7 @@ class CaptureModels:
                 "order", order.model, order.status, order.status_map
             )
             self._order_created = getter_of("order.created", order.model, order.created)
-            self._order_load = _Loader(
+            self._order_load = Loader(
                 order.model,
                 self._order,
                 [getattr(order, name) for name in ("id", "email", "total", "currency", "cart_id")]
@@ -1012,94 +1006,6 @@ def _rejected_on_fail(tracker: Tracker, cart_id: Any) -> OnFail:
 
 _SAVEPOINT = "shop_events_capture"
 """The savepoint a capture on the host's connection writes in (see storage.savepoint)."""
-
-
-class _Loader:
-    """Reads a cart or an order as it is in the database now (after the last flush), in one
-    statement built once per mapping.
-
-    Lines added by their foreign key, or removed by a bulk delete, are not in a collection
-    loaded earlier, and another request may have changed the cart since the shop read it: the
-    row and its lines are read again. What the getters are likely to read comes in the same
-    statement: the relationships a dotted getter follows (``"user.email"``) and each line's
-    many-to-one references (``line.product``), which would otherwise be read one query per line.
-    Lines read by a function of the row are read by it, at commit.
-    """
-
-    def __init__(
-        self, model: type[Any], parent: Parent, getters: Iterable[Getter[Any] | None]
-    ) -> None:
-        self.mapper = parent.mapper
-        self._names = tuple(f"shop_events_key_{n}" for n in range(len(parent.columns)))
-        where = [c == bindparam(n) for c, n in zip(parent.columns, self._names, strict=True)]
-        options = load_options(parent, getters, joinedload)
-        self._query: Select[Any] = (
-            select(model).where(*where).options(*options).execution_options(populate_existing=True)
-        )
-
-    def __call__(self, session: Session, key: Key) -> Any:
-        """The row of ``key`` with its lines, or None when it no longer exists."""
-        found = session.execute(
-            self._query,
-            dict(zip(self._names, key, strict=True)),
-            bind_arguments={"mapper": self.mapper},
-        )
-        return found.unique().scalars().first()
-
-
-def load_options(
-    parent: Parent,
-    getters: Iterable[Getter[Any] | None],
-    lines_loader: Callable[[Any], Any],
-) -> list[LoaderOption]:
-    """What a read of carts or orders loads with them, rather than one query per row or line:
-    the relationships the dotted getters follow, and the lines (by ``lines_loader``:
-    ``joinedload`` for one row, ``selectinload`` for pages) with their many-to-one references.
-    Lines read by a function of the row are read by it."""
-    options = _followed(parent.mapper, getters)
-    if parent.lines is not None:
-        lines = lines_loader(parent.lines.class_attribute)
-        references = [
-            lines_loader(rel.class_attribute) for rel in _references(parent.line_mapper, parent)
-        ]
-        options.append(lines.options(*references) if references else lines)
-    return options
-
-
-def _followed(mapper: Mapper[Any], getters: Iterable[Getter[Any] | None]) -> list[LoaderOption]:
-    """Joined loads of the relationships the dotted getters follow (``user`` of ``user.email``)."""
-    paths: dict[tuple[str, ...], LoaderOption] = {}
-    for getter in getters:
-        if not isinstance(getter, str) or "." not in getter:
-            continue
-        at, option = mapper, None
-        path: tuple[str, ...] = ()
-        for name in getter.split(".")[:-1]:
-            rel = at.relationships.get(name)
-            if rel is None or rel.uselist or rel.secondary is not None:
-                break
-            path = (*path, name)
-            option = (
-                joinedload(rel.class_attribute)
-                if option is None
-                else option.joinedload(rel.class_attribute)
-            )
-            paths[path] = option
-            at = rel.mapper
-    # only the longest paths: each carries the joins before it
-    return [o for p, o in paths.items() if not any(q[: len(p)] == p and q != p for q in paths)]
-
-
-def _references(line_mapper: Mapper[Any], parent: Parent) -> list[RelationshipProperty[Any]]:
-    """A line's many-to-one references loaded lazily by default (its product), not its parent."""
-    return [
-        rel
-        for rel in line_mapper.relationships
-        if rel.direction is RelationshipDirection.MANYTOONE
-        and rel.secondary is None
-        and rel.lazy == "select"
-        and not rel.mapper.common_parent(parent.mapper)
-    ]
 
 
 def _keys_in(

@@ -1,0 +1,175 @@
+"""Reading a cart or an order with what its getters read, in one statement.
+
+At commit a capture reads the cart (or order) as it is in the database now, after the last
+flush: lines added by their foreign key, or removed by a bulk delete, are not in a collection
+loaded earlier, and another request may have changed the cart since the shop read it. What the
+getters are likely to read comes in the same statement: the rows a dotted getter follows
+(``"user.email"``) and each line's many-to-one references (``line.product``), which would
+otherwise be read one query per line. Lines read by a function of the row are read by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Select, bindparam, select
+from sqlalchemy.orm import (
+    Mapper,
+    RelationshipDirection,
+    RelationshipProperty,
+    Session,
+    aliased,
+    joinedload,
+)
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.interfaces import LoaderOption
+
+from .mappings import Getter, Key, Parent
+
+Path = tuple[RelationshipProperty[Any], ...]
+
+_NOT_LOADABLE = ("dynamic", "write_only")
+"""Collections that are queries, not loaded lists: their function reads them."""
+
+
+class Loader:
+    """Reads a cart or an order, with its lines and what its getters read, as the database
+    has it now.
+
+    It is one ``SELECT`` of plain entities, built once per mapping: one row per line, each
+    with the parent, the rows its dotted getters follow, the line and the line's references,
+    joined outer, every entity but the parent and the lines aliased. The relationships are
+    then set from those rows as loaded (joined eager loading would read the same rows with
+    several times the ORM's work per read, on the host's commit path). Rows already in the
+    session are refreshed from them.
+    """
+
+    def __init__(
+        self, model: type[Any], parent: Parent, getters: Iterable[Getter[Any] | None]
+    ) -> None:
+        self.mapper = parent.mapper
+        self._names = tuple(f"shop_events_key_{n}" for n in range(len(parent.columns)))
+        entities: list[Any] = [model]
+        joins: list[Any] = []
+        links: dict[tuple[int, str], int] = {}
+
+        def join(owner: int, rel: RelationshipProperty[Any]) -> int:
+            found = links.get((owner, rel.key))
+            if found is not None:
+                return found
+            target = aliased(rel.mapper)
+            attribute = getattr(entities[owner], rel.key)
+            entities.append(target)
+            joins.append(attribute.of_type(target))
+            links[(owner, rel.key)] = len(entities) - 1
+            return len(entities) - 1
+
+        for path in followed(parent.mapper, getters):
+            at = 0
+            for rel in path:
+                at = join(at, rel)
+        self._parent_links = tuple((o, k, t) for (o, k), t in links.items())
+        self._lines: RelationshipProperty[Any] | None = None
+        self._line_links: tuple[tuple[str, int], ...] = ()
+        self._line = -1
+        order: Sequence[Any] = ()
+        if parent.lines is not None and parent.lines.lazy not in _NOT_LOADABLE:
+            self._lines = parent.lines
+            line_class = parent.line_mapper.class_
+            entities.append(line_class)
+            joins.append(parent.lines.class_attribute)
+            self._line = len(entities) - 1
+            self._line_links = tuple(
+                (rel.key, join(self._line, rel)) for rel in references(parent.line_mapper, parent)
+            )
+            order = parent.lines.order_by or ()
+        where = [c == bindparam(n) for c, n in zip(parent.columns, self._names, strict=True)]
+        query: Select[Any] = select(*entities).where(*where)
+        for onto in joins:
+            query = query.outerjoin(onto)
+        self._query = query.order_by(*order).execution_options(populate_existing=True)
+
+    def __call__(self, session: Session, key: Key) -> Any:
+        """The row of ``key`` with its lines, or None when it no longer exists."""
+        rows = session.execute(
+            self._query,
+            dict(zip(self._names, key, strict=True)),
+            bind_arguments={"mapper": self.mapper},
+        ).all()
+        if not rows:
+            return None
+        first = rows[0]
+        for owner, name, target in self._parent_links:
+            if first[owner] is not None:
+                set_committed_value(first[owner], name, first[target])
+        if self._lines is not None:
+            lines: list[Any] = []
+            seen: set[int] = set()
+            for row in rows:
+                line = row[self._line]
+                if line is None or id(line) in seen:
+                    continue
+                seen.add(id(line))
+                for name, target in self._line_links:
+                    set_committed_value(line, name, row[target])
+                lines.append(line)
+            set_committed_value(first[0], self._lines.key, lines)
+        return first[0]
+
+
+def load_options(
+    parent: Parent,
+    getters: Iterable[Getter[Any] | None],
+    lines_loader: Callable[[Any], Any],
+) -> list[LoaderOption]:
+    """What a read of pages of carts or orders loads with them, rather than one query per row
+    or line: the relationships the dotted getters follow (joined), and the lines (by
+    ``lines_loader``) with their many-to-one references. Lines read by a function of the row
+    are read by it."""
+    options: list[LoaderOption] = []
+    for path in followed(parent.mapper, getters):
+        option = joinedload(path[0].class_attribute)
+        for rel in path[1:]:
+            option = option.joinedload(rel.class_attribute)
+        options.append(option)
+    if parent.lines is not None and parent.lines.lazy not in _NOT_LOADABLE:
+        lines = lines_loader(parent.lines.class_attribute)
+        refs = [lines_loader(rel.class_attribute) for rel in references(parent.line_mapper, parent)]
+        options.append(lines.options(*refs) if refs else lines)
+    return options
+
+
+def followed(mapper: Mapper[Any], getters: Iterable[Getter[Any] | None]) -> list[Path]:
+    """The relationships each dotted getter follows to one row (``user`` of ``user.email``);
+    only the longest paths, each carrying the ones before it."""
+    paths: list[Path] = []
+    for getter in getters:
+        if not isinstance(getter, str) or "." not in getter:
+            continue
+        at: Mapper[Any] = mapper
+        path: Path = ()
+        for name in getter.split(".")[:-1]:
+            rel = at.relationships.get(name)
+            if rel is None or rel.uselist or rel.secondary is not None:
+                break
+            path = (*path, rel)
+            at = rel.mapper
+        if path:
+            paths.append(path)
+    return [p for p in dict.fromkeys(paths) if not any(q[: len(p)] == p and q != p for q in paths)]
+
+
+def references(line_mapper: Mapper[Any], parent: Parent) -> list[RelationshipProperty[Any]]:
+    """A line's many-to-one references loaded lazily by default (its product), not its parent."""
+    return [
+        rel
+        for rel in line_mapper.relationships
+        if rel.direction is RelationshipDirection.MANYTOONE
+        and rel.secondary is None
+        and rel.lazy == "select"
+        and not rel.mapper.common_parent(parent.mapper)
+    ]
+
+
+__all__ = ["Loader", "followed", "load_options", "references"]
