@@ -110,15 +110,28 @@ def chromium(
 
 def wait_for(condition: Callable[[], Any], what: str) -> Any:
     """Poll ``condition`` until it is truthy (bounded by :data:`WAIT`) and return its value;
-    elements of a page being replaced are retried."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    elements of a page being replaced are retried (Chromium reports some as a node that "does
+    not belong to the document" rather than as stale)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def attempt() -> Any:
+        try:
+            return condition()
+        except WebDriverException as exc:
+            if REPLACED in str(exc.msg or ""):
+                return False
+            raise
 
     # the condition holds its own driver: the one a wait passes along is never used
     wait = WebDriverWait(  # type: ignore[type-var]
         None, WAIT, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
     )
-    return wait.until(lambda _: condition(), message=f"waited {WAIT}s for {what}")
+    return wait.until(lambda _: attempt(), message=f"waited {WAIT}s for {what}")
+
+
+REPLACED = "does not belong to the document"
+"""Chromium's word for an element of a page that was replaced while it was read."""
 
 
 class Served:
