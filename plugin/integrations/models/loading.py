@@ -40,8 +40,8 @@ class Loader:
     It is one ``SELECT`` of plain entities, built once per mapping: one row per line, each
     with the parent, the rows its dotted getters follow, the line and the line's references,
     joined outer, every entity but the parent and the lines aliased. The relationships are
-    then set from those rows as loaded (joined eager loading would read the same rows with
-    several times the ORM's work per read, on the host's commit path). Rows already in the
+    then set from those rows as loaded (joined eager loading reads the same rows with more of
+    the ORM's work per read, on the host's commit path). Rows already in the
     session are refreshed from them.
     """
 
@@ -70,20 +70,18 @@ class Loader:
             for rel in path:
                 at = join(at, rel)
         self._parent_links = tuple((o, k, t) for (o, k), t in links.items())
-        self._lines: RelationshipProperty[Any] | None = None
         self._line_links: tuple[tuple[str, int], ...] = ()
         self._line = -1
         order: Sequence[Any] = ()
-        if parent.lines is not None and parent.lines.lazy not in _NOT_LOADABLE:
-            self._lines = parent.lines
-            line_class = parent.line_mapper.class_
-            entities.append(line_class)
-            joins.append(parent.lines.class_attribute)
+        self._lines = loaded_lines(parent)
+        if self._lines is not None:
+            entities.append(parent.line_mapper.class_)
+            joins.append(self._lines.class_attribute)
             self._line = len(entities) - 1
             self._line_links = tuple(
                 (rel.key, join(self._line, rel)) for rel in references(parent.line_mapper, parent)
             )
-            order = parent.lines.order_by or ()
+            order = self._lines.order_by or ()
         where = [c == bindparam(n) for c, n in zip(parent.columns, self._names, strict=True)]
         query: Select[Any] = select(*entities).where(*where)
         for onto in joins:
@@ -133,11 +131,19 @@ def load_options(
         for rel in path[1:]:
             option = option.joinedload(rel.class_attribute)
         options.append(option)
-    if parent.lines is not None and parent.lines.lazy not in _NOT_LOADABLE:
-        lines = lines_loader(parent.lines.class_attribute)
+    loaded = loaded_lines(parent)
+    if loaded is not None:
+        lines = lines_loader(loaded.class_attribute)
         refs = [lines_loader(rel.class_attribute) for rel in references(parent.line_mapper, parent)]
         options.append(lines.options(*refs) if refs else lines)
     return options
+
+
+def loaded_lines(parent: Parent) -> RelationshipProperty[Any] | None:
+    """The relationship a read loads the lines by; None when a function of the row reads them
+    (given as a function, or a collection that is a query)."""
+    lines = parent.lines
+    return None if lines is None or lines.lazy in _NOT_LOADABLE else lines
 
 
 def followed(mapper: Mapper[Any], getters: Iterable[Getter[Any] | None]) -> list[Path]:
@@ -172,4 +178,4 @@ def references(line_mapper: Mapper[Any], parent: Parent) -> list[RelationshipPro
     ]
 
 
-__all__ = ["Loader", "followed", "load_options", "references"]
+__all__ = ["Loader", "followed", "load_options", "loaded_lines", "references"]
