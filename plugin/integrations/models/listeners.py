@@ -283,7 +283,7 @@ class CaptureModels:
                 name: getter_of(f"cart.{name}", cart.model, getattr(cart, name)) for name in fields
             }
             self._cart_load = Loader(
-                cart.model, self._cart, [getattr(cart, name) for name in fields]
+                cart.model, self._cart, [getattr(cart, name) for name in fields], _OWN
             )
             self._roles[self._cart.mapper] = _Role.CART
             self._roles[self._cart.line_mapper] = _Role.CART_LINE
@@ -304,6 +304,7 @@ class CaptureModels:
                 self._order,
                 [getattr(order, name) for name in ("id", "email", "total", "currency", "cart_id")]
                 + [order.status],
+                _OWN,
             )
             self._order_table = str(getattr(self._order.mapper.local_table, "name", "order"))
             self._roles[self._order.mapper] = _Role.ORDER
@@ -1154,6 +1155,10 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
         for mapper, role in capture._roles.items():
             if mapper.local_table == table:
                 capture._bulk(state, role)
+
+
+_OWN = (_do_orm_execute,)
+"""The plugin's own ``do_orm_execute`` listener: it changes no read (see ``entities``)."""
 
 
 def _before_commit(session: Session) -> None:

@@ -10,7 +10,7 @@ otherwise be read one query per line. Lines read by a function of the row are re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Select, bindparam, select
@@ -25,6 +25,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.interfaces import LoaderOption
 
+from .entities import Plan, Refused, plain
 from .mappings import Getter, Key, Parent
 
 Path = tuple[RelationshipProperty[Any], ...]
@@ -46,11 +47,16 @@ class Loader:
     """
 
     def __init__(
-        self, model: type[Any], parent: Parent, getters: Iterable[Getter[Any] | None]
+        self,
+        model: type[Any],
+        parent: Parent,
+        getters: Iterable[Getter[Any] | None],
+        own: Collection[Callable[..., Any]] = (),
     ) -> None:
         self.mapper = parent.mapper
         self._names = tuple(f"shop_events_key_{n}" for n in range(len(parent.columns)))
         entities: list[Any] = [model]
+        mappers: list[Mapper[Any]] = [parent.mapper]
         joins: list[Any] = []
         links: dict[tuple[int, str], int] = {}
 
@@ -61,6 +67,7 @@ class Loader:
             target = aliased(rel.mapper)
             attribute = getattr(entities[owner], rel.key)
             entities.append(target)
+            mappers.append(rel.mapper)
             joins.append(attribute.of_type(target))
             links[(owner, rel.key)] = len(entities) - 1
             return len(entities) - 1
@@ -76,6 +83,7 @@ class Loader:
         self._lines = loaded_lines(parent)
         if self._lines is not None:
             entities.append(parent.line_mapper.class_)
+            mappers.append(parent.line_mapper)
             joins.append(self._lines.class_attribute)
             self._line = len(entities) - 1
             self._line_links = tuple(
@@ -83,18 +91,41 @@ class Loader:
             )
             order = self._lines.order_by or ()
         where = [c == bindparam(n) for c, n in zip(parent.columns, self._names, strict=True)]
-        query: Select[Any] = select(*entities).where(*where)
-        for onto in joins:
-            query = query.outerjoin(onto)
-        self._query = query.order_by(*order).execution_options(populate_existing=True)
+
+        def read(*selected: Any) -> Select[Any]:
+            query: Select[Any] = select(*selected).where(*where)
+            for onto in joins:
+                query = query.outerjoin(onto)
+            return query.order_by(*order)
+
+        self._query = read(*entities).execution_options(populate_existing=True)
+        self._plan: Plan | None = None
+        self._columns: Select[Any] | None = None
+        if all(plain(mapper) for mapper in mappers):
+            kept: list[set[str]] = [set() for _ in mappers]
+            for owner, name, _ in self._parent_links:
+                kept[owner].add(name)
+            for name, _ in self._line_links:
+                kept[self._line].add(name)
+            if self._lines is not None:
+                kept[0].add(self._lines.key)
+            self._plan = Plan(mappers, kept, own)
+            self._columns = read(
+                *(
+                    getattr(entity, prop.key)
+                    for entity, columns in zip(entities, self._plan.entities, strict=True)
+                    for prop in columns.props
+                )
+            )
 
     def __call__(self, session: Session, key: Key) -> Any:
         """The row of ``key`` with its lines, or None when it no longer exists."""
-        rows = session.execute(
-            self._query,
-            dict(zip(self._names, key, strict=True)),
-            bind_arguments={"mapper": self.mapper},
-        ).all()
+        params = dict(zip(self._names, key, strict=True))
+        rows: Sequence[Sequence[Any]] | None = self._plain_rows(session, params)
+        if rows is None:
+            rows = session.execute(
+                self._query, params, bind_arguments={"mapper": self.mapper}
+            ).all()
         if not rows:
             return None
         first = rows[0]
@@ -114,6 +145,17 @@ class Loader:
                 lines.append(line)
             set_committed_value(first[0], self._lines.key, lines)
         return first[0]
+
+    def _plain_rows(self, session: Session, params: dict[str, Any]) -> list[list[Any]] | None:
+        """The rows' entities made from a select of their columns (see ``entities``); None
+        where the ORM must read them."""
+        if self._plan is None or self._columns is None or not self._plan.usable(session):
+            return None
+        conn = session.connection(bind_arguments={"mapper": self.mapper})
+        try:
+            return self._plan.rows(session, conn.execute(self._columns, params).all())
+        except Refused:
+            return None
 
 
 def load_options(
