@@ -100,8 +100,16 @@ def captured(what: str, started: float) -> None:
     ``what`` names the hook, maybe with its key in brackets (``cart_updated('c-1')``): the
     label is the hook's name only.
     """
-    CAPTURED.labels(event_type=what.split("(", 1)[0]).inc()
+    hook = what.split("(", 1)[0]
+    counter = _CAPTURED_BY_HOOK.get(hook)
+    if counter is None:
+        counter = _CAPTURED_BY_HOOK.setdefault(hook, CAPTURED.labels(event_type=hook))
+    counter.inc()
     CAPTURE_SECONDS.observe(monotonic() - started)
+
+
+_CAPTURED_BY_HOOK: dict[str, Counter] = {}
+"""``CAPTURED`` per hook, looked up once: it is counted in every captured commit of the host."""
 
 
 def capture_failed(mapping: str, field: str) -> None:

@@ -144,7 +144,9 @@ class Columns:
 class Plan:
     """The entities of a row of a plain select, in order; see the module's docstring.
 
-    ``kept`` are, per entity, the relationships the reader sets itself from the rows.
+    ``kept`` are, per entity, the relationships the reader sets itself from the rows. The first
+    ``once`` entities are the same in every row (the parent and the rows its getters follow):
+    they are read from the first row.
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class Plan:
         mappers: Sequence[Mapper[Any]],
         kept: Sequence[Collection[str]],
         own: Collection[Callable[..., Any]],
+        once: int = 0,
     ) -> None:
         self.entities: list[Columns] = []
         offset = 0
@@ -161,6 +164,7 @@ class Plan:
             offset += columns.count
         self.width = offset
         self._own = own
+        self._once = once
 
     def usable(self, session: Session) -> bool:
         """Whether this session reads these entities as the ORM would."""
@@ -174,7 +178,11 @@ class Plan:
     def rows(self, session: Session, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
         """Each row's entities, made or refreshed in ``session``; raises :class:`Refused`."""
         made: dict[Any, Any] = {}
-        return [[columns.entity(session, row, made) for columns in self.entities] for row in rows]
+        if not rows:
+            return []
+        first = [columns.entity(session, rows[0], made) for columns in self.entities[: self._once]]
+        each = self.entities[self._once :]
+        return [first + [columns.entity(session, row, made) for columns in each] for row in rows]
 
 
 __all__ = ["Columns", "Plan", "Refused", "plain"]

@@ -66,6 +66,7 @@ from sqlalchemy.orm import (
     scoped_session,
 )
 from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.base import PassiveFlag
 
 from ...config import scrub
 from ...errors import StorageError
@@ -125,7 +126,7 @@ def _key(state: InstanceState[Any], keys: Sequence[str]) -> tuple[Key | None, Ke
     before: list[Any] = []
     moved = False
     for attr in keys:
-        history = state.attrs[attr].history
+        history = state.get_history(attr, PassiveFlag.PASSIVE_NO_INITIALIZE)
         current = history.added or history.unchanged
         if not current:
             return None, None

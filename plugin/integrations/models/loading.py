@@ -109,7 +109,7 @@ class Loader:
                 kept[self._line].add(name)
             if self._lines is not None:
                 kept[0].add(self._lines.key)
-            self._plan = Plan(mappers, kept, own)
+            self._plan = Plan(mappers, kept, own, once=self._line if self._line >= 0 else 0)
             self._columns = read(
                 *(
                     getattr(entity, prop.key)
