@@ -23,6 +23,8 @@ read, such as a soft-delete criteria). Anything else is read by the ORM.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from datetime import datetime, time
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.horizontal_shard import ShardedSession
@@ -132,13 +134,24 @@ class Columns:
 
     def _same(self, values: dict[str, Any], row: Sequence[Any]) -> bool:
         try:
-            for name, at in self.columns:
-                held = values.get(name, _MISSING)
-                if held is not row[at] and not bool(held == row[at]):
-                    return False
+            return all(_identical(values.get(name, _MISSING), row[at]) for name, at in self.columns)
         except Exception:  # a value whose comparison fails: read again
             return False
+
+
+def _identical(held: Any, read: Any) -> bool:
+    """Whether the value the session holds is the one the row has, as the getters would see it:
+    equal values of another type or form (``Decimal("4.5")`` set by the shop, ``4.50`` in a
+    ``Numeric(10, 2)`` column; the same instant in another time zone) are not."""
+    if held is read:
         return True
+    if type(held) is not type(read):
+        return False
+    if isinstance(held, Decimal | float):
+        return repr(held) == repr(read)
+    if isinstance(held, datetime | time):
+        return bool(held == read) and held.utcoffset() == read.utcoffset()
+    return bool(held == read)
 
 
 class Plan:
@@ -162,7 +175,6 @@ class Plan:
             columns = Columns(mapper, offset, keys)
             self.entities.append(columns)
             offset += columns.count
-        self.width = offset
         self._own = own
         self._once = once
 

@@ -340,6 +340,21 @@ def capturing(tracker: Tracker, engine: Engine, model: type[Any], item: Any) -> 
         capture.close()
 
 
+def test_a_value_the_shop_set_is_captured_as_the_database_returns_it(
+    tracker: Tracker, shop_engine: Engine
+) -> None:
+    def priced(line: CartLine) -> Item:
+        return Item(name=line.product.title, price=line.product.price)
+
+    with capturing(tracker, shop_engine, Cart, priced), Session(shop_engine) as session:
+        product = Product(id=4, title="Scarf", price=Decimal("4.5"))  # Numeric(10, 2): 4.50
+        session.add(CartLine(id=3, cart_id=1, product=product, position=3))
+        session.commit()
+    with tracker.engine.connect() as conn:
+        row = conn.execute(select(carts.c["items"]).where(carts.c.cart_id == "1")).one()
+    assert [i["price"] for i in json.loads(row.items)] == ["2.50", "1.50", "4.50"]
+
+
 def test_a_soft_delete_criteria_added_by_the_shop_applies_to_the_capture(
     tracker: Tracker, shop_engine: Engine
 ) -> None:
