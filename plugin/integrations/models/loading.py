@@ -43,7 +43,10 @@ class Loader:
     joined outer, every entity but the parent and the lines aliased. The relationships are
     then set from those rows as loaded (joined eager loading reads the same rows with more of
     the ORM's work per read, on the host's commit path). Rows already in the
-    session are refreshed from them.
+    session are refreshed from them. Where every model is plain and the session allows it
+    (:mod:`.entities`), the same statement selects their columns and the instances are made
+    from its rows, without the ORM's loading; ``own`` are the plugin's own ``do_orm_execute``
+    listeners, which change no read.
     """
 
     def __init__(
