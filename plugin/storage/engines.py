@@ -56,6 +56,7 @@ from sqlalchemy.sql import visitors
 
 from ..config import DatabaseSettings, mask_url, scrub
 from ..errors import ConfigError
+from .fork_gate import GATE
 
 SUPPORTED = ("sqlite", "postgresql", "mysql", "mariadb")
 MYSQL = frozenset({"mysql", "mariadb"})
@@ -219,23 +220,31 @@ def engine_label(url: str) -> str:
         return mask_url(url)
 
 
+def _set_up_sqlite(engine: Engine, limits: _Limits, dbapi_connection: Any) -> None:
+    """A new connection of the plugin's SQLite engine: its pragmas."""
+    dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (the "begin" event)
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {limits.job_busy_ms}")
+    # Deleted and overwritten content is zeroed, not left in free space: an erasure leaves
+    # no bytes of the address in the file (a checkpoint then clears the WAL; README:
+    # Privacy). Every connection, since one that rewrites a row leaves its old copy.
+    cursor.execute("PRAGMA secure_delete = ON")
+    if engine.url.database not in (None, "", ":memory:"):
+        # Readers and the one writer do not block each other. The mode is stored in the
+        # file: a shop's file shared with the plugin stays in WAL, and is backed up with
+        # SQLite's online backup, not by copying it (README: Operating it).
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
 def _tune_sqlite(engine: Engine, limits: _Limits) -> None:
+    GATE.watch(engine)  # no fork while a job's thread is inside SQLite (storage/fork_gate.py)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {limits.job_busy_ms}")
-        # Deleted and overwritten content is zeroed, not left in free space: an erasure leaves
-        # no bytes of the address in the file (a checkpoint then clears the WAL; README:
-        # Privacy). Every connection, since one that rewrites a row leaves its old copy.
-        cursor.execute("PRAGMA secure_delete = ON")
-        if engine.url.database not in (None, "", ":memory:"):
-            # Readers and the one writer do not block each other. The mode is stored in the
-            # file: a shop's file shared with the plugin stays in WAL, and is backed up with
-            # SQLite's online backup, not by copying it (README: Operating it).
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.close()
+        with GATE.held():
+            _set_up_sqlite(engine, limits, dbapi_connection)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
