@@ -102,8 +102,7 @@ class Loader:
             return query.order_by(*order)
 
         self._query = read(*entities).execution_options(populate_existing=True)
-        self._plan: Plan | None = None
-        self._columns: Select[Any] | None = None
+        self._plain: tuple[Plan, Select[Any]] | None = None
         if all(plain(mapper) for mapper in mappers):
             kept: list[set[str]] = [set() for _ in mappers]
             for owner, name, _ in self._parent_links:
@@ -112,14 +111,15 @@ class Loader:
                 kept[self._line].add(name)
             if self._lines is not None:
                 kept[0].add(self._lines.key)
-            self._plan = Plan(mappers, kept, own, once=self._line if self._line >= 0 else 0)
-            self._columns = read(
+            plan = Plan(mappers, kept, own, once=self._line if self._line >= 0 else 0)
+            columns = read(
                 *(
                     getattr(entity, prop.key)
-                    for entity, columns in zip(entities, self._plan.entities, strict=True)
-                    for prop in columns.props
+                    for entity, of_entity in zip(entities, plan.entities, strict=True)
+                    for prop in of_entity.props
                 )
             )
+            self._plain = (plan, columns)
 
     def __call__(self, session: Session, key: Key) -> Any:
         """The row of ``key`` with its lines, or None when it no longer exists."""
@@ -152,11 +152,12 @@ class Loader:
     def _plain_rows(self, session: Session, params: dict[str, Any]) -> list[list[Any]] | None:
         """The rows' entities made from a select of their columns (see ``entities``); None
         where the ORM must read them."""
-        if self._plan is None or self._columns is None or not self._plan.usable(session):
+        if self._plain is None or not self._plain[0].usable(session):
             return None
+        plan, columns = self._plain
         conn = session.connection(bind_arguments={"mapper": self.mapper})
         try:
-            return self._plan.rows(session, conn.execute(self._columns, params).all())
+            return plan.rows(session, conn.execute(columns, params).all())
         except Refused:
             return None
 
